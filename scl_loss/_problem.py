@@ -1,0 +1,95 @@
+"""Turn the user's ``(features, labels | mask)`` into the flat problem the kernels solve.
+
+Every kernel sees the same :class:`ContrastProblem`: ``M`` l2-normalised contrast vectors,
+a contiguous slice of them that are the anchors, and the rule that says which contrasts
+are positives of which anchor. Keeping this in one place means the dense path, the blocked
+path and any user kernel agree on views, masks and ``ignore_index`` by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ContrastProblem:
+    """The flat form of one SupCon loss evaluation.
+
+    Attributes:
+        contrasts: ``[M, D]`` vectors in the compute dtype (float32, or float64 for float64 input),
+            already l2-normalised when the user asked for it.
+        anchor_start: anchors are ``contrasts[anchor_start : anchor_start + num_anchors]``;
+            anchor ``a`` never contrasts with its own row ``anchor_start + a``.
+        num_anchors: ``A``.
+        groups: ``[M]`` int64 group ids (class labels tiled over views, or row ids when the
+            views of a row are its only positives). ``None`` when ``pos_mask`` is given.
+        pos_mask: ``[A, M]`` bool, ``pos_mask[a, m]`` says contrast ``m`` is a positive of anchor
+            ``a`` (the self entry is ignored). ``None`` when ``groups`` is given.
+        valid: ``[M]`` bool, False for rows that take no part (``ignore_index``).
+        temperature: ``τ > 0``.
+    """
+
+    contrasts: Tensor
+    anchor_start: int
+    num_anchors: int
+    groups: Tensor | None
+    pos_mask: Tensor | None
+    valid: Tensor
+    temperature: float
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Similarities and the logsumexp accumulate in float32 for half inputs, float64 for float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def flatten_views(features: Tensor, normalize: bool) -> Tensor:
+    """``[N, D]`` or ``[N, V, D]`` -> ``[N·V, D]`` in the compute dtype; row ``n·V + v`` is view ``v`` of ``n``."""
+    z = features.reshape(-1, features.shape[-1]).to(compute_dtype(features.dtype))
+    if normalize:
+        # F.normalize divides by max(||z||, eps): a zero vector stays zero with finite gradients.
+        z = F.normalize(z, dim=1)
+    return z
+
+
+def build_problem(
+    features: Tensor,
+    labels: Tensor | None,
+    mask: Tensor | None,
+    *,
+    temperature: float,
+    normalize: bool,
+    ignore_index: int,
+) -> ContrastProblem:
+    """Build the problem in which every one of the ``N·V`` vectors is an anchor and a contrast.
+
+    Arguments are assumed validated (see ``_validation``).
+    """
+    n = features.shape[0]
+    views = features.shape[1] if features.dim() == 3 else 1
+    z = flatten_views(features, normalize)
+    groups: Tensor | None = None
+    pos_mask: Tensor | None = None
+    if labels is not None:
+        labels = labels.to(torch.int64)
+        valid = (labels != ignore_index).repeat_interleave(views)
+        groups = labels.repeat_interleave(views)
+    elif mask is not None:
+        valid = torch.ones(n * views, dtype=torch.bool, device=z.device)
+        pos_mask = mask.repeat_interleave(views, 0).repeat_interleave(views, 1)
+    else:  # SimCLR: the other views of a row are its only positives
+        valid = torch.ones(n * views, dtype=torch.bool, device=z.device)
+        groups = torch.arange(n, device=z.device).repeat_interleave(views)
+    return ContrastProblem(
+        contrasts=z,
+        anchor_start=0,
+        num_anchors=n * views,
+        groups=groups,
+        pos_mask=pos_mask,
+        valid=valid,
+        temperature=temperature,
+    )

@@ -1,0 +1,257 @@
+r"""Functional forms of the losses: :func:`supcon_loss` and :func:`scl_cross_entropy`.
+
+The modules in :mod:`scl_loss.losses` are thin wrappers over these two functions.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from scl_loss import _validation as v
+from scl_loss._problem import build_problem
+from scl_loss.kernels import dense_per_anchor_loss
+
+__all__ = ["SCLComponents", "reduce_per_anchor", "scl_cross_entropy", "supcon_loss"]
+
+
+class SCLComponents(NamedTuple):
+    """What :func:`scl_cross_entropy` returns with ``return_components=True``.
+
+    ``loss = (1 − λ)·ce + λ·scl``. ``scl`` is a detached zero when ``λ = 0`` (it is not
+    computed), ``ce`` a detached zero when ``λ = 1``.
+    """
+
+    loss: Tensor
+    ce: Tensor
+    scl: Tensor
+
+
+def reduce_per_anchor(loss: Tensor, num_positives: Tensor, reduction: str) -> Tensor:
+    """Apply ``reduction`` to per-anchor losses; anchors without a positive are not counted.
+
+    ``"mean"`` divides by the number of anchors with at least one positive (by 1 when there
+    are none, so an all-singleton batch gives a graph-connected 0, never 0/0).
+    """
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    counted = (num_positives > 0).sum().clamp(min=1)
+    return total / counted
+
+
+def supcon_loss(
+    features: Tensor,
+    labels: Tensor | None = None,
+    *,
+    mask: Tensor | None = None,
+    temperature: float = 0.1,
+    normalize: bool = True,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+) -> Tensor:
+    r"""Supervised contrastive loss (Khosla et al. 2020; Gunel et al. 2020, eq. 3).
+
+    For each anchor :math:`i` with positives :math:`P(i)` (other vectors of its class, or of
+    its row when only views define positives) and contrasts :math:`k \ne i`:
+
+    .. math::
+
+        \ell_i = -\frac{1}{|P(i)|} \sum_{j \in P(i)}
+                 \log \frac{\exp(\Phi_i \cdot \Phi_j / \tau)}{\sum_{k \ne i} \exp(\Phi_i \cdot \Phi_k / \tau)}
+
+    with :math:`\Phi = x / \lVert x \rVert_2`. With labels, :math:`|P(i)| = N_{y_i} - 1`, so
+    ``reduction="sum"`` is the paper's eq. 3 literally. An anchor with no positive (alone in
+    its class) is left out: it adds nothing and is not counted by ``"mean"``.
+
+    Args:
+        features: embeddings, ``[N, D]``, or ``[N, V, D]`` for ``V`` views per example (every
+            one of the ``N·V`` vectors is an anchor and a contrast; views share their row's label).
+        labels: integer class ids ``[N]``. Mutually exclusive with ``mask``.
+        mask: ``[N, N]`` bool or 0/1; ``mask[i, j]`` makes row ``j`` a positive of anchor row
+            ``i`` (may be asymmetric; tiled over views; the self entry is ignored).
+            With neither ``labels`` nor ``mask``, ``V >= 2`` is required and the views of a
+            row are its only positives (SimCLR).
+        temperature: ``τ > 0``.
+        normalize: l2-normalise ``features`` first; pass ``False`` for already normalised input.
+        reduction: ``"mean"`` over anchors with a positive, ``"sum"``, or ``"none"``.
+        ignore_index: rows whose label equals it are neither anchors nor contrasts.
+
+    Returns:
+        A scalar, or with ``reduction="none"`` a tensor of shape ``[N]`` (``[N, V]`` for
+        views) holding 0 for anchors without a positive. Its dtype is float32, or float64
+        for float64 features: fp16/bf16 features (also under ``torch.autocast``) are
+        accumulated in float32.
+
+    Shape:
+        - features: :math:`(N, D)` or :math:`(N, V, D)`
+        - labels: :math:`(N)`; mask: :math:`(N, N)`
+        - output: :math:`()`, or :math:`(N)` / :math:`(N, V)` for ``"none"``
+
+    Example:
+        >>> import torch
+        >>> from scl_loss.functional import supcon_loss
+        >>> features = torch.randn(8, 32, requires_grad=True)
+        >>> labels = torch.tensor([0, 0, 1, 1, 2, 2, 2, 3])
+        >>> loss = supcon_loss(features, labels, temperature=0.3)
+        >>> loss.backward()
+        >>> loss.shape, bool(features.grad.isfinite().all())
+        (torch.Size([]), True)
+    """
+    problem, out_shape, reduction = _prepare_supcon(
+        features, labels, mask, temperature, normalize, reduction, ignore_index
+    )
+    with torch.autocast(problem.contrasts.device.type, enabled=False):
+        per_anchor, num_positives = dense_per_anchor_loss(problem)
+    if reduction == "none":
+        return per_anchor.reshape(out_shape)
+    return reduce_per_anchor(per_anchor, num_positives, reduction)
+
+
+def _prepare_supcon(features, labels, mask, temperature, normalize, reduction, ignore_index):  # type: ignore[no-untyped-def]
+    features = v.check_features(features)
+    temperature = v.check_positive_finite("temperature", temperature)
+    reduction = v.check_reduction("reduction", reduction)
+    ignore_index = v.check_int("ignore_index", ignore_index)
+    if not isinstance(normalize, bool):
+        raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
+    n = features.shape[0]
+    views = features.shape[1] if features.dim() == 3 else 1
+    if labels is not None and mask is not None:
+        raise ValueError("pass either labels or mask, not both")
+    if labels is not None:
+        labels = v.check_labels(labels, n, features.device)
+    elif mask is not None:
+        mask = v.check_mask(mask, n, features.device)
+    elif views < 2:
+        raise ValueError(
+            "labels and mask are both None, which needs features of shape [N, V, D] with V >= 2 "
+            f"(the views of a row are its positives); got {tuple(features.shape)}"
+        )
+    problem = build_problem(
+        features, labels, mask, temperature=temperature, normalize=normalize, ignore_index=ignore_index
+    )
+    return problem, features.shape[:-1], reduction
+
+
+def scl_cross_entropy(
+    logits: Tensor,
+    features: Tensor,
+    labels: Tensor,
+    *,
+    lambda_: float,
+    tau: float,
+    scl_reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    weight: Tensor | None = None,
+    return_components: bool = False,
+) -> Tensor | SCLComponents:
+    r"""The fine-tuning objective of Gunel et al. (2020), eq. 1: ``(1 − λ)·CE + λ·SCL``.
+
+    .. math::
+
+        \mathcal{L} = (1 - \lambda)\,\mathcal{L}_{CE} + \lambda\,\mathcal{L}_{SCL}
+
+    ``CE`` is :func:`torch.nn.functional.cross_entropy` with its usual batch mean (and its
+    ``weight``, ``label_smoothing``, ``ignore_index``); ``SCL`` is :func:`supcon_loss` on the
+    l2-normalised ``features`` with temperature ``tau`` and reduction ``scl_reduction``.
+    The paper sums SCL over anchors while averaging CE: ``scl_reduction="sum"`` reproduces
+    eq. 1–3 literally; the default ``"mean"`` keeps λ's meaning independent of batch size.
+
+    ``λ = 0`` returns exactly CE and does not compute SCL; ``λ = 1`` returns exactly SCL.
+    A batch whose labels are all ``ignore_index`` gives a graph-connected zero CE (where
+    ``torch`` would return NaN).
+
+    Args:
+        logits: classifier outputs ``[N, C]``.
+        features: the embeddings Φ before the classifier (e.g. the [CLS] hidden state),
+            ``[N, D]`` or ``[N, V, D]``.
+        labels: integer class ids ``[N]``.
+        lambda_: weight λ of SCL, in ``[0, 1]``.
+        tau: temperature τ > 0 of SCL.
+        scl_reduction: ``"mean"`` or ``"sum"`` over anchors (see above).
+        ignore_index, label_smoothing, weight: as in :func:`torch.nn.functional.cross_entropy`;
+            ``ignore_index`` rows are also left out of SCL.
+        return_components: return :class:`SCLComponents` ``(loss, ce, scl)`` for logging.
+
+    Shape:
+        - logits: :math:`(N, C)`; features: :math:`(N, D)` or :math:`(N, V, D)`; labels: :math:`(N)`
+        - output: :math:`()`
+
+    Example:
+        >>> import torch
+        >>> from scl_loss.functional import scl_cross_entropy
+        >>> logits = torch.randn(6, 3, requires_grad=True)
+        >>> features = torch.randn(6, 16, requires_grad=True)
+        >>> labels = torch.tensor([0, 1, 2, 0, 1, 2])
+        >>> out = scl_cross_entropy(logits, features, labels, lambda_=0.9, tau=0.3, return_components=True)
+        >>> torch.allclose(out.loss, 0.1 * out.ce + 0.9 * out.scl)
+        True
+    """
+    lambda_ = v.check_unit_interval("lambda_", lambda_)
+    tau = v.check_positive_finite("tau", tau)
+    if scl_reduction not in ("mean", "sum"):
+        raise ValueError(f"scl_reduction must be 'mean' or 'sum', got {scl_reduction!r}")
+    ignore_index = v.check_int("ignore_index", ignore_index)
+    label_smoothing = v.check_unit_interval("label_smoothing", label_smoothing)
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must have a floating dtype, got {logits.dtype}")
+    if logits.dim() != 2:
+        raise ValueError(f"logits must have shape [N, C], got {tuple(logits.shape)}")
+    features = v.check_features(features)
+    n = logits.shape[0]
+    if features.shape[0] != n:
+        raise ValueError(
+            f"features must have the same batch size N = {n} as logits, got {tuple(features.shape)}"
+        )
+    labels = v.check_labels(labels, n, logits.device)
+    if features.device != logits.device:
+        raise ValueError(f"features must be on the logits' device {logits.device}, got {features.device}")
+    if weight is not None and not isinstance(weight, Tensor):
+        raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
+
+    zero = logits.sum() * 0.0
+    if lambda_ < 1.0:
+        ce = _cross_entropy(logits, labels, weight, ignore_index, label_smoothing, zero)
+    if lambda_ > 0.0:
+        scl = supcon_loss(
+            features, labels, temperature=tau, reduction=scl_reduction, ignore_index=ignore_index
+        )
+    if lambda_ == 0.0:
+        loss, scl = ce, zero.detach()
+    elif lambda_ == 1.0:
+        loss, ce = scl, zero.detach()
+    else:
+        loss = (1.0 - lambda_) * ce + lambda_ * scl
+    if return_components:
+        return SCLComponents(loss, ce, scl)
+    return loss
+
+
+def _cross_entropy(
+    logits: Tensor,
+    labels: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    zero: Tensor,
+) -> Tensor:
+    # torch returns NaN (0/0) for a batch whose every label is ignore_index; we return a
+    # graph-connected zero instead, as SCL does for a batch without positives.
+    if not torch.compiler.is_compiling() and not bool((labels != ignore_index).any()):
+        return zero
+    return F.cross_entropy(
+        logits,
+        labels.to(torch.int64),
+        weight=weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+    )
