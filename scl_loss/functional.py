@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from scl_loss import _validation as v
+from scl_loss import distributed, memory
 from scl_loss._problem import build_problem
 from scl_loss.kernels import dense_per_anchor_loss
 
@@ -54,6 +55,9 @@ def supcon_loss(
     normalize: bool = True,
     reduction: str = "mean",
     ignore_index: int = -100,
+    gather_distributed: bool = False,
+    process_group: object = None,
+    queue: memory.MemoryQueue | None = None,
 ) -> Tensor:
     r"""Supervised contrastive loss (Khosla et al. 2020; Gunel et al. 2020, eq. 3).
 
@@ -81,10 +85,21 @@ def supcon_loss(
         normalize: l2-normalise ``features`` first; pass ``False`` for already normalised input.
         reduction: ``"mean"`` over anchors with a positive, ``"sum"``, or ``"none"``.
         ignore_index: rows whose label equals it are neither anchors nor contrasts.
+        gather_distributed: under an initialised :mod:`torch.distributed` group, contrast this
+            rank's anchors against every rank's features and labels, with exact gradients;
+            the returned value is the loss of the global batch, its gradient is scaled so that
+            DDP's averaging gives the single-process gradient (see :mod:`scl_loss.distributed`
+            and docs/distributed.md). Ranks may hold different ``N`` (also 0) but must agree on
+            ``V``, ``D``, dtype and the other arguments. ``mask`` is not supported. Without an
+            initialised group it is the single-process loss.
+        process_group: the group to gather over (``None``: the default group).
+        queue: a :class:`~scl_loss.memory.MemoryQueue` of past embeddings used as extra
+            contrasts and positives; the batch is appended to it after use. Needs ``labels``.
 
     Returns:
         A scalar, or with ``reduction="none"`` a tensor of shape ``[N]`` (``[N, V]`` for
-        views) holding 0 for anchors without a positive. Its dtype is float32, or float64
+        views) holding 0 for anchors without a positive (this rank's anchors only, when
+        gathering). Its dtype is float32, or float64
         for float64 features: fp16/bf16 features (also under ``torch.autocast``) are
         accumulated in float32.
 
@@ -106,10 +121,31 @@ def supcon_loss(
     problem, out_shape, reduction = _prepare_supcon(
         features, labels, mask, temperature, normalize, reduction, ignore_index
     )
+    # Every local check comes before the first collective: a rank raising alone would hang the others.
+    queue = memory.check_queue(queue, has_labels=labels is not None)
+    gather = distributed.is_gathering(gather_distributed, process_group)
+    if gather:
+        if mask is not None:
+            raise ValueError("gather_distributed=True does not support mask=; pass labels (or views only)")
+        problem = distributed.gather_problem(
+            problem,
+            features,
+            labels is not None,
+            normalize=normalize,
+            ignore_index=ignore_index,
+            process_group=process_group,
+        )
+    batch = problem
+    if queue is not None:
+        problem = memory.append_queue(problem, queue)
     with torch.autocast(problem.contrasts.device.type, enabled=False):
         per_anchor, num_positives = dense_per_anchor_loss(problem)
+    if queue is not None:
+        memory.enqueue_batch(queue, batch)
     if reduction == "none":
         return per_anchor.reshape(out_shape)
+    if gather:
+        return distributed.reduce_across_ranks(per_anchor, num_positives, reduction, process_group)
     return reduce_per_anchor(per_anchor, num_positives, reduction)
 
 
@@ -151,6 +187,9 @@ def scl_cross_entropy(
     label_smoothing: float = 0.0,
     weight: Tensor | None = None,
     return_components: bool = False,
+    gather_distributed: bool = False,
+    process_group: object = None,
+    queue: memory.MemoryQueue | None = None,
 ) -> Tensor | SCLComponents:
     r"""The fine-tuning objective of Gunel et al. (2020), eq. 1: ``(1 − λ)·CE + λ·SCL``.
 
@@ -179,6 +218,12 @@ def scl_cross_entropy(
         ignore_index, label_smoothing, weight: as in :func:`torch.nn.functional.cross_entropy`;
             ``ignore_index`` rows are also left out of SCL.
         return_components: return :class:`SCLComponents` ``(loss, ce, scl)`` for logging.
+        gather_distributed, process_group: as in :func:`supcon_loss`, for SCL; and CE becomes
+            the mean over the *global* batch, ``Σ_all w_{y_i}·ce_i / Σ_all w_{y_i}`` (non-ignored
+            rows), with the same DDP-exact gradient scaling. So with uneven per-rank batches
+            the loss and the DDP-averaged gradients equal those of one process on the
+            concatenated batch.
+        queue: as in :func:`supcon_loss` (used and updated only when ``λ > 0``).
 
     Shape:
         - logits: :math:`(N, C)`; features: :math:`(N, D)` or :math:`(N, V, D)`; labels: :math:`(N)`
@@ -218,12 +263,27 @@ def scl_cross_entropy(
     if weight is not None and not isinstance(weight, Tensor):
         raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
 
+    gather = distributed.is_gathering(gather_distributed, process_group)
+    memory.check_queue(queue, has_labels=True)
+
     zero = logits.sum() * 0.0
     if lambda_ < 1.0:
-        ce = _cross_entropy(logits, labels, weight, ignore_index, label_smoothing, zero)
+        if gather:
+            ce = distributed.cross_entropy_across_ranks(
+                logits, labels, weight, ignore_index, label_smoothing, process_group
+            )
+        else:
+            ce = _cross_entropy(logits, labels, weight, ignore_index, label_smoothing, zero)
     if lambda_ > 0.0:
         scl = supcon_loss(
-            features, labels, temperature=tau, reduction=scl_reduction, ignore_index=ignore_index
+            features,
+            labels,
+            temperature=tau,
+            reduction=scl_reduction,
+            ignore_index=ignore_index,
+            gather_distributed=gather_distributed,
+            process_group=process_group,
+            queue=queue,
         )
     if lambda_ == 0.0:
         loss, scl = ce, zero.detach()

@@ -5,7 +5,9 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from scl_loss import _validation as v
+from scl_loss.distributed import is_gathering
 from scl_loss.functional import SCLComponents, scl_cross_entropy, supcon_loss
+from scl_loss.memory import MemoryQueue, check_queue
 
 __all__ = ["SCLCrossEntropy", "SupConLoss"]
 
@@ -18,6 +20,11 @@ class SupConLoss(nn.Module):
         normalize: l2-normalise the features first.
         reduction: ``"mean"`` (over anchors with a positive), ``"sum"`` or ``"none"``.
         ignore_index: label of rows that are neither anchors nor contrasts.
+        gather_distributed: contrast against every rank's batch under torch.distributed, with
+            DDP-exact gradients (see :func:`~scl_loss.functional.supcon_loss`).
+        process_group: the group to gather over (``None``: the default group).
+        queue: a :class:`~scl_loss.memory.MemoryQueue` of past embeddings (a submodule, so
+            ``.to(device)`` and ``state_dict`` include it).
 
     Shape:
         - features: :math:`(N, D)` or :math:`(N, V, D)`; labels: :math:`(N)`; mask: :math:`(N, N)`
@@ -40,12 +47,19 @@ class SupConLoss(nn.Module):
         normalize: bool = True,
         reduction: str = "mean",
         ignore_index: int = -100,
+        gather_distributed: bool = False,
+        process_group: object = None,
+        queue: MemoryQueue | None = None,
     ) -> None:
         super().__init__()
         self.temperature = v.check_positive_finite("temperature", temperature)
         self.normalize = normalize
         self.reduction = v.check_reduction("reduction", reduction)
         self.ignore_index = v.check_int("ignore_index", ignore_index)
+        is_gathering(gather_distributed, process_group)  # validates both
+        self.gather_distributed = gather_distributed
+        self.process_group = process_group
+        self.queue = check_queue(queue, has_labels=True)
 
     def forward(self, features: Tensor, labels: Tensor | None = None, *, mask: Tensor | None = None) -> Tensor:
         return supcon_loss(
@@ -56,10 +70,15 @@ class SupConLoss(nn.Module):
             normalize=self.normalize,
             reduction=self.reduction,
             ignore_index=self.ignore_index,
+            gather_distributed=self.gather_distributed,
+            process_group=self.process_group,
+            queue=self.queue,
         )
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, normalize={self.normalize}, reduction={self.reduction!r}"
+        return f"temperature={self.temperature}, normalize={self.normalize}, reduction={self.reduction!r}" + (
+            ", gather_distributed=True" if self.gather_distributed else ""
+        )
 
 
 class SCLCrossEntropy(nn.Module):
@@ -71,6 +90,9 @@ class SCLCrossEntropy(nn.Module):
         scl_reduction: ``"mean"`` (default) or ``"sum"`` (the paper's eq. 1–3 literally).
         ignore_index, label_smoothing, weight: as in :class:`torch.nn.CrossEntropyLoss`.
         return_components: return ``(loss, ce, scl)`` for logging.
+        gather_distributed, process_group: global-batch SCL and CE under torch.distributed with
+            DDP-exact gradients (see :func:`~scl_loss.functional.scl_cross_entropy`).
+        queue: a :class:`~scl_loss.memory.MemoryQueue` of past embeddings for the SCL term.
 
     Shape:
         - logits: :math:`(N, C)`; features: :math:`(N, D)` or :math:`(N, V, D)`; labels: :math:`(N)`
@@ -98,6 +120,9 @@ class SCLCrossEntropy(nn.Module):
         label_smoothing: float = 0.0,
         weight: Tensor | None = None,
         return_components: bool = False,
+        gather_distributed: bool = False,
+        process_group: object = None,
+        queue: MemoryQueue | None = None,
     ) -> None:
         super().__init__()
         self.lambda_ = v.check_unit_interval("lambda_", lambda_)
@@ -110,6 +135,10 @@ class SCLCrossEntropy(nn.Module):
         # A buffer, like nn.CrossEntropyLoss, so .to(device) moves the class weights too.
         self.register_buffer("weight", weight)
         self.return_components = return_components
+        is_gathering(gather_distributed, process_group)  # validates both
+        self.gather_distributed = gather_distributed
+        self.process_group = process_group
+        self.queue = check_queue(queue, has_labels=True)
 
     def forward(self, logits: Tensor, features: Tensor, labels: Tensor) -> Tensor | SCLComponents:
         return scl_cross_entropy(
@@ -123,7 +152,12 @@ class SCLCrossEntropy(nn.Module):
             label_smoothing=self.label_smoothing,
             weight=self.weight,
             return_components=self.return_components,
+            gather_distributed=self.gather_distributed,
+            process_group=self.process_group,
+            queue=self.queue,
         )
 
     def extra_repr(self) -> str:
-        return f"lambda_={self.lambda_}, tau={self.tau}, scl_reduction={self.scl_reduction!r}"
+        return f"lambda_={self.lambda_}, tau={self.tau}, scl_reduction={self.scl_reduction!r}" + (
+            ", gather_distributed=True" if self.gather_distributed else ""
+        )
