@@ -7,7 +7,6 @@ gloo ranks on CPU (world size 3, then world size 2 on a subgroup), a few seconds
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

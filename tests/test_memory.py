@@ -1,4 +1,4 @@
-"""MemoryQueue: the loss with a queue is the plain loss over [batch; queue.detach()] for the batch's anchors."""
+"""MemoryQueue: with a queue, the loss is the plain loss over [batch; queue.detach()] for batch anchors."""
 
 from __future__ import annotations
 
@@ -191,7 +191,7 @@ def test_bad_arguments_raise_clear_errors() -> None:
     features, labels = torch.randn(4, 5), torch.tensor([0, 0, 1, 1])
     with pytest.raises(ValueError, match="dimension D = 5 but the queue stores dim = 3"):
         supcon_loss(features, labels, queue=queue)
-    with pytest.raises(TypeError, match="queue must be a scl_loss.MemoryQueue"):
+    with pytest.raises(TypeError, match=r"queue must be a scl_loss\.MemoryQueue"):
         supcon_loss(features, labels, queue=[])
     with pytest.raises(ValueError, match="queue needs labels"):
         supcon_loss(torch.randn(4, 2, 3), queue=queue)
