@@ -11,6 +11,7 @@ failing check on one rank cannot desynchronise the ranks.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import json
@@ -48,7 +49,7 @@ SIZES = {
 @dataclass(frozen=True)
 class Case:
     name: str
-    kind: str = "supcon"  # "supcon" | "scl_ce" | "queue" | "mismatch"
+    kind: str = "supcon"  # "supcon" | "scl_ce" | "queue" | "accumulate" | "mismatch"
     sizes: str = "uneven"
     views: int = 1
     labels: str = "classes"  # "classes" | "none" (SimCLR) | "ignore" | "singletons"
@@ -100,6 +101,7 @@ def _cases() -> list[Case]:
             "scl_ce-lambda0-pure-ce", kind="scl_ce", labels="ignore", extra={"lambda_": 0.0, "weight": True}
         ),
         Case("scl_ce-lambda1-pure-scl", kind="scl_ce", extra={"lambda_": 1.0}),
+        Case("accumulate-no_sync", kind="accumulate", labels="ignore"),
         Case("queue-supcon-module-views", kind="queue", views=2, module=True),
         Case("queue-scl_ce-ignore", kind="queue", labels="ignore", extra={"lambda_": 0.7}),
         Case("mismatch-dim", kind="mismatch", extra={"what": "dim"}),
@@ -189,7 +191,10 @@ def _run_case(case: Case, rank: int, world: int, group: object, seed: int) -> No
         copy.deepcopy(reference), process_group=group, find_unused_parameters=unused
     )
 
-    steps = 3 if case.kind == "queue" else 1
+    # "queue": 3 steps (the queue fills and wraps); "accumulate": 2 micro-steps, the first under
+    # DDP's no_sync(), gradients accumulated on both sides and compared after the last.
+    steps = {"queue": 3, "accumulate": 2}.get(case.kind, 1)
+    accumulate = case.kind == "accumulate"
     queue_kw = {"capacity": 11, "dim": DIM, "dtype": case.dtype}
     ref_queue = MemoryQueue(**queue_kw) if case.kind == "queue" else None
     queue = MemoryQueue(**queue_kw) if case.kind == "queue" else None
@@ -201,16 +206,20 @@ def _run_case(case: Case, rank: int, world: int, group: object, seed: int) -> No
         labels = _labels(case.labels, total, gen)
         local_labels = None if labels is None else labels[start : start + n_local]
 
-        reference.zero_grad()
+        if not accumulate:
+            reference.zero_grad()
+            ddp.zero_grad()
         ref_loss = ref_loss_fn(*reference(x), labels)
-        ddp.zero_grad()
-        loss = loss_fn(*ddp(x[start : start + n_local]), local_labels)
+        sync = contextlib.nullcontext() if not accumulate or step == steps - 1 else ddp.no_sync()
+        with sync:
+            loss = loss_fn(*ddp(x[start : start + n_local]), local_labels)
+            if case.reduction != "none":
+                loss.backward()
         if case.reduction == "none":
             # Per-anchor values of this rank's rows; gradients are the user's business then.
             _close("per-anchor losses", loss, ref_loss[start : start + n_local], case.dtype)
             return
         ref_loss.backward()
-        loss.backward()
         mean_loss = loss.detach().clone()
         dist.all_reduce(mean_loss, group=group)
         mean_loss /= world
@@ -222,6 +231,8 @@ def _run_case(case: Case, rank: int, world: int, group: object, seed: int) -> No
         # --- checks (no collectives below) ---
         _close(f"step {step}: mean over ranks of the loss", mean_loss, ref_loss.detach(), case.dtype)
         _close(f"step {step}: this rank's loss", loss.detach(), ref_loss.detach(), case.dtype)
+        if accumulate and step < steps - 1:
+            continue  # the local gradients are not averaged yet
         for (name, p), p_ref in zip(ddp.module.named_parameters(), reference.parameters(), strict=True):
             if p_ref.grad is None:  # not part of the loss (λ = 0 or 1): no gradient under DDP either
                 assert p.grad is None or not p.grad.any(), f"grad of {name} should be empty"
