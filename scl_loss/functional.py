@@ -99,9 +99,8 @@ def supcon_loss(
     Returns:
         A scalar, or with ``reduction="none"`` a tensor of shape ``[N]`` (``[N, V]`` for
         views) holding 0 for anchors without a positive (this rank's anchors only, when
-        gathering). Its dtype is float32, or float64
-        for float64 features: fp16/bf16 features (also under ``torch.autocast``) are
-        accumulated in float32.
+        gathering). Its dtype is float32, or float64 for float64 features: fp16/bf16
+        features (also under ``torch.autocast``) are accumulated in float32.
 
     Shape:
         - features: :math:`(N, D)` or :math:`(N, V, D)`
