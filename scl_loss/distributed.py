@@ -30,6 +30,7 @@ Without an initialised process group the loss falls back to the single-process c
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -163,14 +164,14 @@ def gather_problem(
         groups = groups + sum(row_counts[:rank])
     ids_and_valid = torch.stack([groups, problem.valid.to(torch.int64)], dim=1)
     gathered_ids = _gather_padded(ids_and_valid, sizes, process_group)
-    return ContrastProblem(
+    # replace(): any other field of the problem (e.g. the input dtype) carries over unchanged.
+    return dataclasses.replace(
+        problem,
         contrasts=_AllGatherRows.apply(z, sizes, rank, process_group),
         anchor_start=sum(sizes[:rank]),
         num_anchors=sizes[rank],
         groups=gathered_ids[:, 0].contiguous(),
-        pos_mask=None,
         valid=gathered_ids[:, 1].bool(),
-        temperature=problem.temperature,
     )
 
 

@@ -14,7 +14,8 @@ from torch import Tensor
 from scl_loss import _validation as v
 from scl_loss import distributed, memory
 from scl_loss._problem import build_problem
-from scl_loss.kernels import dense_per_anchor_loss
+from scl_loss._reduction import reduce_per_anchor
+from scl_loss.kernels import per_anchor_loss, reduced_loss
 
 __all__ = ["SCLComponents", "reduce_per_anchor", "scl_cross_entropy", "supcon_loss"]
 
@@ -31,21 +32,6 @@ class SCLComponents(NamedTuple):
     scl: Tensor
 
 
-def reduce_per_anchor(loss: Tensor, num_positives: Tensor, reduction: str) -> Tensor:
-    """Apply ``reduction`` to per-anchor losses; anchors without a positive are not counted.
-
-    ``"mean"`` divides by the number of anchors with at least one positive (by 1 when there
-    are none, so an all-singleton batch gives a graph-connected 0, never 0/0).
-    """
-    if reduction == "none":
-        return loss
-    total = loss.sum()
-    if reduction == "sum":
-        return total
-    counted = (num_positives > 0).sum().clamp(min=1)
-    return total / counted
-
-
 def supcon_loss(
     features: Tensor,
     labels: Tensor | None = None,
@@ -55,6 +41,8 @@ def supcon_loss(
     normalize: bool = True,
     reduction: str = "mean",
     ignore_index: int = -100,
+    path: str = "auto",
+    chunk_size: int | None = None,
     gather_distributed: bool = False,
     process_group: object = None,
     queue: memory.MemoryQueue | None = None,
@@ -85,6 +73,12 @@ def supcon_loss(
         normalize: l2-normalise ``features`` first; pass ``False`` for already normalised input.
         reduction: ``"mean"`` over anchors with a positive, ``"sum"``, or ``"none"``.
         ignore_index: rows whose label equals it are neither anchors nor contrasts.
+        path: ``"dense"`` (one ``[N·V, N·V]`` logit matrix; fastest for small batches),
+            ``"blocked"`` (``chunk_size`` anchor rows at a time, ``O(N·V·D + chunk·N·V)`` extra
+            memory, same result), or ``"auto"``: dense while ``(N·V)² ≤ 2**22``, else blocked
+            (see ``docs/blocked.md``).
+        chunk_size: anchor rows per block on the blocked path; ``None`` picks the largest
+            multiple of 128 whose float32 block fits 256 MiB.
         gather_distributed: under an initialised :mod:`torch.distributed` group, contrast this
             rank's anchors against every rank's features and labels, with exact gradients;
             the returned value is the loss of the global batch, its gradient is scaled so that
@@ -117,6 +111,8 @@ def supcon_loss(
         >>> loss.shape, bool(features.grad.isfinite().all())
         (torch.Size([]), True)
     """
+    path = v.check_path("path", path)
+    chunk_size = v.check_chunk_size("chunk_size", chunk_size)
     problem, out_shape, reduction = _prepare_supcon(
         features, labels, mask, temperature, normalize, reduction, ignore_index
     )
@@ -138,14 +134,19 @@ def supcon_loss(
     if queue is not None:
         problem = memory.append_queue(problem, queue)
     with torch.autocast(problem.contrasts.device.type, enabled=False):
-        per_anchor, num_positives = dense_per_anchor_loss(problem)
+        if gather:  # per-anchor values: the reduction must count anchors over all ranks
+            per_anchor, num_positives = per_anchor_loss(problem, path=path, chunk_size=chunk_size)
+        else:
+            out = reduced_loss(problem, reduction, path=path, chunk_size=chunk_size)
     if queue is not None:
         memory.enqueue_batch(queue, batch)
-    if reduction == "none":
-        return per_anchor.reshape(out_shape)
     if gather:
+        if reduction == "none":
+            return per_anchor.reshape(out_shape)
         return distributed.reduce_across_ranks(per_anchor, num_positives, reduction, process_group)
-    return reduce_per_anchor(per_anchor, num_positives, reduction)
+    if reduction == "none":
+        return out.reshape(out_shape)
+    return out
 
 
 def _prepare_supcon(features, labels, mask, temperature, normalize, reduction, ignore_index):  # type: ignore[no-untyped-def]
@@ -186,6 +187,8 @@ def scl_cross_entropy(
     label_smoothing: float = 0.0,
     weight: Tensor | None = None,
     return_components: bool = False,
+    path: str = "auto",
+    chunk_size: int | None = None,
     gather_distributed: bool = False,
     process_group: object = None,
     queue: memory.MemoryQueue | None = None,
@@ -217,6 +220,7 @@ def scl_cross_entropy(
         ignore_index, label_smoothing, weight: as in :func:`torch.nn.functional.cross_entropy`;
             ``ignore_index`` rows are also left out of SCL.
         return_components: return :class:`SCLComponents` ``(loss, ce, scl)`` for logging.
+        path, chunk_size: the SCL kernel path and its block size, as in :func:`supcon_loss`.
         gather_distributed, process_group: as in :func:`supcon_loss`, for SCL; and CE becomes
             the mean over the *global* batch, ``Σ_all w_{y_i}·ce_i / Σ_all w_{y_i}`` (non-ignored
             rows), with the same DDP-exact gradient scaling. So with uneven per-rank batches
@@ -240,6 +244,8 @@ def scl_cross_entropy(
     """
     lambda_ = v.check_unit_interval("lambda_", lambda_)
     tau = v.check_positive_finite("tau", tau)
+    path = v.check_path("path", path)
+    chunk_size = v.check_chunk_size("chunk_size", chunk_size)
     if scl_reduction not in ("mean", "sum"):
         raise ValueError(f"scl_reduction must be 'mean' or 'sum', got {scl_reduction!r}")
     ignore_index = v.check_int("ignore_index", ignore_index)
@@ -280,6 +286,8 @@ def scl_cross_entropy(
             temperature=tau,
             reduction=scl_reduction,
             ignore_index=ignore_index,
+            path=path,
+            chunk_size=chunk_size,
             gather_distributed=gather_distributed,
             process_group=process_group,
             queue=queue,

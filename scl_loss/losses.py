@@ -20,6 +20,8 @@ class SupConLoss(nn.Module):
         normalize: l2-normalise the features first.
         reduction: ``"mean"`` (over anchors with a positive), ``"sum"`` or ``"none"``.
         ignore_index: label of rows that are neither anchors nor contrasts.
+        path: ``"auto"``, ``"dense"`` or ``"blocked"`` (see :func:`scl_loss.functional.supcon_loss`).
+        chunk_size: anchor rows per block on the blocked path (``None``: automatic).
         gather_distributed: contrast against every rank's batch under torch.distributed, with
             DDP-exact gradients (see :func:`~scl_loss.functional.supcon_loss`).
         process_group: the group to gather over (``None``: the default group).
@@ -47,6 +49,8 @@ class SupConLoss(nn.Module):
         normalize: bool = True,
         reduction: str = "mean",
         ignore_index: int = -100,
+        path: str = "auto",
+        chunk_size: int | None = None,
         gather_distributed: bool = False,
         process_group: object = None,
         queue: MemoryQueue | None = None,
@@ -56,6 +60,8 @@ class SupConLoss(nn.Module):
         self.normalize = normalize
         self.reduction = v.check_reduction("reduction", reduction)
         self.ignore_index = v.check_int("ignore_index", ignore_index)
+        self.path = v.check_path("path", path)
+        self.chunk_size = v.check_chunk_size("chunk_size", chunk_size)
         is_gathering(gather_distributed, process_group)  # validates both
         self.gather_distributed = gather_distributed
         self.process_group = process_group
@@ -70,14 +76,17 @@ class SupConLoss(nn.Module):
             normalize=self.normalize,
             reduction=self.reduction,
             ignore_index=self.ignore_index,
+            path=self.path,
+            chunk_size=self.chunk_size,
             gather_distributed=self.gather_distributed,
             process_group=self.process_group,
             queue=self.queue,
         )
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, normalize={self.normalize}, reduction={self.reduction!r}" + (
-            ", gather_distributed=True" if self.gather_distributed else ""
+        return (
+            f"temperature={self.temperature}, normalize={self.normalize}, reduction={self.reduction!r}, "
+            f"path={self.path!r}" + (", gather_distributed=True" if self.gather_distributed else "")
         )
 
 
@@ -90,6 +99,7 @@ class SCLCrossEntropy(nn.Module):
         scl_reduction: ``"mean"`` (default) or ``"sum"`` (the paper's eq. 1–3 literally).
         ignore_index, label_smoothing, weight: as in :class:`torch.nn.CrossEntropyLoss`.
         return_components: return ``(loss, ce, scl)`` for logging.
+        path, chunk_size: the SCL kernel path and its block size (see :class:`SupConLoss`).
         gather_distributed, process_group: global-batch SCL and CE under torch.distributed with
             DDP-exact gradients (see :func:`~scl_loss.functional.scl_cross_entropy`).
         queue: a :class:`~scl_loss.memory.MemoryQueue` of past embeddings for the SCL term.
@@ -120,6 +130,8 @@ class SCLCrossEntropy(nn.Module):
         label_smoothing: float = 0.0,
         weight: Tensor | None = None,
         return_components: bool = False,
+        path: str = "auto",
+        chunk_size: int | None = None,
         gather_distributed: bool = False,
         process_group: object = None,
         queue: MemoryQueue | None = None,
@@ -135,6 +147,8 @@ class SCLCrossEntropy(nn.Module):
         # A buffer, like nn.CrossEntropyLoss, so .to(device) moves the class weights too.
         self.register_buffer("weight", weight)
         self.return_components = return_components
+        self.path = v.check_path("path", path)
+        self.chunk_size = v.check_chunk_size("chunk_size", chunk_size)
         is_gathering(gather_distributed, process_group)  # validates both
         self.gather_distributed = gather_distributed
         self.process_group = process_group
@@ -152,6 +166,8 @@ class SCLCrossEntropy(nn.Module):
             label_smoothing=self.label_smoothing,
             weight=self.weight,
             return_components=self.return_components,
+            path=self.path,
+            chunk_size=self.chunk_size,
             gather_distributed=self.gather_distributed,
             process_group=self.process_group,
             queue=self.queue,

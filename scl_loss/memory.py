@@ -15,6 +15,7 @@ the queue buys little and costs an ``[A, K]`` block of similarities per step.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from typing import Any
 
@@ -193,14 +194,12 @@ def append_queue(problem: ContrastProblem, queue: MemoryQueue) -> ContrastProble
     # The order of contrasts does not change the loss: use the filled slots as stored, no copy.
     stored = queue.embeddings[: len(queue)].to(z.dtype)
     stored_labels = queue.labels[: len(queue)]
-    return ContrastProblem(
+    # replace(): the anchors and any other field of the problem (e.g. the input dtype) stay as they are.
+    return dataclasses.replace(
+        problem,
         contrasts=torch.cat([z, stored]),
-        anchor_start=problem.anchor_start,
-        num_anchors=problem.num_anchors,
         groups=torch.cat([problem.groups, stored_labels]),
-        pos_mask=None,
         valid=torch.cat([problem.valid, torch.ones_like(stored_labels, dtype=torch.bool)]),
-        temperature=problem.temperature,
     )
 
 
