@@ -209,3 +209,26 @@ def test_bad_arguments_raise_clear_errors() -> None:
     ):
         supcon_loss(torch.randn(4, 3), labels, queue=on_meta)
     assert len(queue) == 0  # failed calls leave the queue untouched
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_blocked_path_with_queue_matches_dense(reduction) -> None:
+    # Queue contrasts make M > A: the blocked kernel must handle the extra columns too.
+    gen = torch.Generator().manual_seed(3)
+    results = {}
+    for path in ("dense", "blocked"):
+        queue = MemoryQueue(7, 4, dtype=torch.float64)
+        queue.enqueue(
+            torch.randn(9, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64),
+            torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 3]),
+        )
+        features = torch.randn(5, 2, 4, generator=gen.manual_seed(3), dtype=torch.float64, requires_grad=True)
+        labels = torch.tensor([0, 1, IGNORE, 5, 1])
+        loss = supcon_loss(
+            features, labels, reduction=reduction, ignore_index=IGNORE, queue=queue, path=path, chunk_size=3
+        )
+        (grad,) = torch.autograd.grad(loss.sum(), features)
+        results[path] = (loss.detach(), grad, queue.contents())
+    torch.testing.assert_close(results["blocked"][:2], results["dense"][:2])
+    for a, b in zip(results["blocked"][2], results["dense"][2], strict=True):
+        assert torch.equal(a, b)
