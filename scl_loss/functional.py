@@ -103,17 +103,6 @@ def supcon_loss(
         >>> loss.shape, bool(features.grad.isfinite().all())
         (torch.Size([]), True)
     """
-    problem, out_shape, reduction = _prepare_supcon(
-        features, labels, mask, temperature, normalize, reduction, ignore_index
-    )
-    with torch.autocast(problem.contrasts.device.type, enabled=False):
-        per_anchor, num_positives = dense_per_anchor_loss(problem)
-    if reduction == "none":
-        return per_anchor.reshape(out_shape)
-    return reduce_per_anchor(per_anchor, num_positives, reduction)
-
-
-def _prepare_supcon(features, labels, mask, temperature, normalize, reduction, ignore_index):  # type: ignore[no-untyped-def]
     features = v.check_features(features)
     temperature = v.check_positive_finite("temperature", temperature)
     reduction = v.check_reduction("reduction", reduction)
@@ -133,10 +122,16 @@ def _prepare_supcon(features, labels, mask, temperature, normalize, reduction, i
             "labels and mask are both None, which needs features of shape [N, V, D] with V >= 2 "
             f"(the views of a row are its positives); got {tuple(features.shape)}"
         )
-    problem = build_problem(
-        features, labels, mask, temperature=temperature, normalize=normalize, ignore_index=ignore_index
-    )
-    return problem, features.shape[:-1], reduction
+    # Autocast would run the similarity products in half precision; the loss accumulates in
+    # float32 (float64 for float64 input) whatever the caller's autocast state.
+    with torch.autocast(features.device.type, enabled=False):
+        problem = build_problem(
+            features, labels, mask, temperature=temperature, normalize=normalize, ignore_index=ignore_index
+        )
+        per_anchor, num_positives = dense_per_anchor_loss(problem)
+    if reduction == "none":
+        return per_anchor.reshape(features.shape[:-1])
+    return reduce_per_anchor(per_anchor, num_positives, reduction)
 
 
 def scl_cross_entropy(
