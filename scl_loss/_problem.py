@@ -47,7 +47,10 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def flatten_views(features: Tensor, normalize: bool) -> Tensor:
-    """``[N, D]`` or ``[N, V, D]`` -> ``[N·V, D]`` in the compute dtype; row ``n·V + v`` is view ``v`` of ``n``."""
+    """``[N, D]`` or ``[N, V, D]`` -> ``[N·V, D]`` in the compute dtype.
+
+    Row ``n·V + v`` is view ``v`` of example ``n``.
+    """
     z = features.reshape(-1, features.shape[-1]).to(compute_dtype(features.dtype))
     return l2_normalize(z) if normalize else z
 

@@ -201,15 +201,15 @@ def scl_cross_entropy(
         raise TypeError(f"logits must have a floating dtype, got {logits.dtype}")
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape [N, C], got {tuple(logits.shape)}")
+    if isinstance(features, Tensor) and features.device != logits.device:
+        raise ValueError(f"features must be on the logits' device {logits.device}, got {features.device}")
     features = v.check_features(features)
     n = logits.shape[0]
     if features.shape[0] != n:
         raise ValueError(
             f"features must have the same batch size N = {n} as logits, got {tuple(features.shape)}"
         )
-    labels = v.check_labels(labels, n, logits.device)
-    if features.device != logits.device:
-        raise ValueError(f"features must be on the logits' device {logits.device}, got {features.device}")
+    labels = v.check_labels(labels, n, logits.device, against="logits")
     if weight is not None and not isinstance(weight, Tensor):
         raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
 

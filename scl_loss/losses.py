@@ -47,7 +47,9 @@ class SupConLoss(nn.Module):
         self.reduction = v.check_reduction("reduction", reduction)
         self.ignore_index = v.check_int("ignore_index", ignore_index)
 
-    def forward(self, features: Tensor, labels: Tensor | None = None, *, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, features: Tensor, labels: Tensor | None = None, *, mask: Tensor | None = None
+    ) -> Tensor:
         return supcon_loss(
             features,
             labels,

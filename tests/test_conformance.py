@@ -111,8 +111,12 @@ def test_positive_rescaling_and_rotation_invariance(impl, case, seed):
     scale = torch.rand(case.features.shape[:-1], generator=gen, dtype=torch.float64)[..., None] * 100 + 0.01
     q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
     base = impl(case.features, case.labels, **case.kwargs())
-    torch.testing.assert_close(impl(case.features * scale, case.labels, **case.kwargs()), base, rtol=1e-9, atol=1e-11)
-    torch.testing.assert_close(impl(case.features @ q, case.labels, **case.kwargs()), base, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(
+        impl(case.features * scale, case.labels, **case.kwargs()), base, rtol=1e-9, atol=1e-11
+    )
+    torch.testing.assert_close(
+        impl(case.features @ q, case.labels, **case.kwargs()), base, rtol=1e-9, atol=1e-11
+    )
 
 
 @given(case=cases(positives="any"))
@@ -173,7 +177,9 @@ def test_multiview_equals_supcontrast_all_mode(impl, n, views, temperature, seed
     x = torch.nn.functional.normalize(torch.randn(n, views, 6, generator=gen, dtype=torch.float64), dim=-1)
     labels = torch.randint(0, max(1, n // 2), (n,), generator=gen)
     if views == 1:  # SupContrast divides 0 by 0 for singletons; give every class a partner
-        labels = torch.arange(n) // 2 if n % 2 == 0 else torch.cat([torch.arange(n - 1) // 2, torch.tensor([0])])
+        labels = (
+            torch.arange(n) // 2 if n % 2 == 0 else torch.cat([torch.arange(n - 1) // 2, torch.tensor([0])])
+        )
     expected = _supcontrast_all_mode(x, labels, temperature, base_temperature=temperature)
     torch.testing.assert_close(impl(x, labels, temperature=temperature), expected, rtol=1e-10, atol=1e-12)
 
@@ -222,7 +228,8 @@ def test_half_precision_is_finite_and_close_to_float64(impl, dtype, temperature,
     out = impl(x, case.labels, temperature=temperature)
     assert out.dtype == torch.float32
     out.backward()
-    assert bool(torch.isfinite(out)) and bool(torch.isfinite(x.grad).all())
+    assert bool(torch.isfinite(out))
+    assert bool(torch.isfinite(x.grad).all())
     # The comparison is with fp64 on the *rounded* inputs: what is left is the kernel's own error.
     expected = supcon_loss_loop(x.detach().double(), case.labels, temperature=temperature)
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5 / temperature)
