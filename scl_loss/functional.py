@@ -113,43 +113,6 @@ def supcon_loss(
     """
     path = v.check_path("path", path)
     chunk_size = v.check_chunk_size("chunk_size", chunk_size)
-    problem, out_shape, reduction = _prepare_supcon(
-        features, labels, mask, temperature, normalize, reduction, ignore_index
-    )
-    # Every local check comes before the first collective: a rank raising alone would hang the others.
-    queue = memory.check_queue(queue, has_labels=labels is not None)
-    gather = distributed.is_gathering(gather_distributed, process_group)
-    if gather:
-        if mask is not None:
-            raise ValueError("gather_distributed=True does not support mask=; pass labels (or views only)")
-        problem = distributed.gather_problem(
-            problem,
-            features,
-            labels is not None,
-            normalize=normalize,
-            ignore_index=ignore_index,
-            process_group=process_group,
-        )
-    batch = problem
-    if queue is not None:
-        problem = memory.append_queue(problem, queue)
-    with torch.autocast(problem.contrasts.device.type, enabled=False):
-        if gather:  # per-anchor values: the reduction must count anchors over all ranks
-            per_anchor, num_positives = per_anchor_loss(problem, path=path, chunk_size=chunk_size)
-        else:
-            out = reduced_loss(problem, reduction, path=path, chunk_size=chunk_size)
-    if queue is not None:
-        memory.enqueue_batch(queue, batch)
-    if gather:
-        if reduction == "none":
-            return per_anchor.reshape(out_shape)
-        return distributed.reduce_across_ranks(per_anchor, num_positives, reduction, process_group)
-    if reduction == "none":
-        return out.reshape(out_shape)
-    return out
-
-
-def _prepare_supcon(features, labels, mask, temperature, normalize, reduction, ignore_index):  # type: ignore[no-untyped-def]
     features = v.check_features(features)
     temperature = v.check_positive_finite("temperature", temperature)
     reduction = v.check_reduction("reduction", reduction)
@@ -169,10 +132,42 @@ def _prepare_supcon(features, labels, mask, temperature, normalize, reduction, i
             "labels and mask are both None, which needs features of shape [N, V, D] with V >= 2 "
             f"(the views of a row are its positives); got {tuple(features.shape)}"
         )
-    problem = build_problem(
-        features, labels, mask, temperature=temperature, normalize=normalize, ignore_index=ignore_index
-    )
-    return problem, features.shape[:-1], reduction
+    # Every local check comes before the first collective: a rank raising alone would hang the others.
+    queue = memory.check_queue(queue, has_labels=labels is not None)
+    gather = distributed.is_gathering(gather_distributed, process_group)
+    if gather and mask is not None:
+        raise ValueError("gather_distributed=True does not support mask=; pass labels (or views only)")
+    # Autocast would run the similarity products in half precision; the loss accumulates in
+    # float32 (float64 for float64 input) whatever the caller's autocast state.
+    with torch.autocast(features.device.type, enabled=False):
+        problem = build_problem(
+            features, labels, mask, temperature=temperature, normalize=normalize, ignore_index=ignore_index
+        )
+        if gather:  # contrasts: every rank's rows; anchors: this rank's
+            problem = distributed.gather_problem(
+                problem,
+                features,
+                labels is not None,
+                normalize=normalize,
+                ignore_index=ignore_index,
+                process_group=process_group,
+            )
+        batch = problem
+        if queue is not None:
+            problem = memory.append_queue(problem, queue)
+        if gather:  # per-anchor values: the reduction must count anchors over all ranks
+            per_anchor, num_positives = per_anchor_loss(problem, path=path, chunk_size=chunk_size)
+        else:
+            out = reduced_loss(problem, reduction, path=path, chunk_size=chunk_size)
+    if queue is not None:
+        memory.enqueue_batch(queue, batch)
+    if gather:
+        if reduction == "none":
+            return per_anchor.reshape(features.shape[:-1])
+        return distributed.reduce_across_ranks(per_anchor, num_positives, reduction, process_group)
+    if reduction == "none":
+        return out.reshape(features.shape[:-1])
+    return out
 
 
 def scl_cross_entropy(
@@ -256,15 +251,15 @@ def scl_cross_entropy(
         raise TypeError(f"logits must have a floating dtype, got {logits.dtype}")
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape [N, C], got {tuple(logits.shape)}")
+    if isinstance(features, Tensor) and features.device != logits.device:
+        raise ValueError(f"features must be on the logits' device {logits.device}, got {features.device}")
     features = v.check_features(features)
     n = logits.shape[0]
     if features.shape[0] != n:
         raise ValueError(
             f"features must have the same batch size N = {n} as logits, got {tuple(features.shape)}"
         )
-    labels = v.check_labels(labels, n, logits.device)
-    if features.device != logits.device:
-        raise ValueError(f"features must be on the logits' device {logits.device}, got {features.device}")
+    labels = v.check_labels(labels, n, logits.device, against="logits")
     if weight is not None and not isinstance(weight, Tensor):
         raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
 

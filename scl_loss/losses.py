@@ -67,7 +67,9 @@ class SupConLoss(nn.Module):
         self.process_group = process_group
         self.queue = check_queue(queue, has_labels=True)
 
-    def forward(self, features: Tensor, labels: Tensor | None = None, *, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, features: Tensor, labels: Tensor | None = None, *, mask: Tensor | None = None
+    ) -> Tensor:
         return supcon_loss(
             features,
             labels,
