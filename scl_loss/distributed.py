@@ -100,7 +100,7 @@ class _AllGatherRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
         # all_reduce works in place: never write into the gradient buffer autograd handed us.
-        grad = grad.contiguous().clone()
+        grad = grad.clone(memory_format=torch.contiguous_format)
         if grad.numel() > 0:
             dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
         start = sum(ctx.rows[: ctx.rank])
@@ -220,6 +220,10 @@ def cross_entropy_across_ranks(
     non-ignored rows (their count without ``weight``). Taking that mean per rank would weight a
     rank's rows by ``1/N_r``, which differs from the concatenated batch when batch sizes differ.
     """
+    # A sum, unlike a mean, can overflow float16 (max 65504) on a large batch: accumulate in float32.
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+        weight = None if weight is None else weight.float()
     total = F.cross_entropy(
         logits,
         labels.to(torch.int64),
