@@ -307,7 +307,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "merge": _cmd_merge,
         "augment": _cmd_augment,
     }
-    return commands[args.command](args)
+    try:
+        return commands[args.command](args)
+    except (ValueError, FileNotFoundError) as err:  # bad data or options: the message says what and where
+        print(f"scl-glue {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

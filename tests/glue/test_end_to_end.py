@@ -300,3 +300,12 @@ def test_config_file_supplies_defaults(sst2_like, tiny_model_dir, tmp_path, caps
     config.write_text(json.dumps({"tasks": ["sst2"], "bogus": 1}))
     with pytest.raises(SystemExit, match="unknown options"):
         main(["run", "--config", str(config), "--list"])
+
+
+def test_cli_reports_malformed_data_with_file_and_line(tmp_path, capsys):
+    folder = tmp_path / "SST-2"
+    folder.mkdir()
+    (folder / "dev.tsv").write_text("sentence\tlabel\nfine\t1\nbroken line without label\n")
+    code = main(["split", "--task", "sst2", "--data-dir", str(folder), "--out", str(tmp_path / "s.json")])
+    assert code == 2
+    assert "dev.tsv:3: expected 2 tab-separated fields" in capsys.readouterr().err
