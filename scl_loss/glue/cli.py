@@ -27,6 +27,11 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-file", help="training file (name inside the task folder, or a path)")
     g.add_argument("--eval-file", help="the GLUE validation file (name inside the task folder, or a path)")
     g.add_argument("--hub-dataset", help="hub dataset instead of the task's default (nyu-mll/glue)")
+    g.add_argument(
+        "--train-from-eval",
+        action="store_true",
+        help="draw few-shot samples from the eval-file rows outside test and validation (no train file)",
+    )
 
 
 def _source(args: argparse.Namespace) -> object:
@@ -34,7 +39,9 @@ def _source(args: argparse.Namespace) -> object:
 
     if args.data_dir and args.data_root:
         raise SystemExit("error: give --data-dir or --data-root, not both")
-    return DataSource(args.data_dir, args.data_root, args.train_file, args.eval_file, args.hub_dataset)
+    return DataSource(
+        args.data_dir, args.data_root, args.train_file, args.eval_file, args.hub_dataset, args.train_from_eval
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

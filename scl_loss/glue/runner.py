@@ -12,7 +12,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,19 +62,19 @@ class DataSource:
     train_file: str | None = None
     eval_file: str | None = None
     hub_dataset: str | None = None
+    # Draw training samples from the GLUE-validation rows outside test and validation (for
+    # sets that come with one labelled file only, e.g. the offline Yelp-2 test file).
+    train_from_eval: bool = False
 
     def for_task(self, task: TaskSpec) -> DataSource:
         if self.data_root is None:
             return self
-        return DataSource(
-            str(Path(self.data_root) / TASK_FOLDERS[task.name]),
-            None,
-            self.train_file,
-            self.eval_file,
-            self.hub_dataset,
-        )
+        folder = str(Path(self.data_root) / TASK_FOLDERS[task.name])
+        return replace(self, data_dir=folder, data_root=None)
 
     def describe(self) -> str:
+        if self.train_from_eval:
+            return replace(self, train_from_eval=False).describe() + ",train:eval-rest"
         if self.data_dir is None and self.data_root is None:
             return f"hub:{self.hub_dataset or 'default'}"
         parts = [f"dir:{Path(self.data_dir or self.data_root or '').name}"]
@@ -91,6 +91,7 @@ class TaskData:
     eval: list[Example]
     train_name: str
     eval_name: str
+    train_from_eval: bool = False  # train is eval; samples come from rows outside test/validation
 
 
 def load_task_data(task: TaskSpec, source: DataSource) -> TaskData:
@@ -99,10 +100,14 @@ def load_task_data(task: TaskSpec, source: DataSource) -> TaskData:
     if source.data_dir is None:
         train, dev = load_hub(task, source.hub_dataset)
         name = source.hub_dataset or task.hub_dataset
-        return TaskData(task, train, dev, f"{name}:{task.hub_train_split}", f"{name}:{task.hub_eval_split}")
-    train_path, eval_path = find_task_files(source.data_dir, source.train_file, source.eval_file)
-    train = load_file(train_path, task) if train_path else None
-    return TaskData(task, train, load_file(eval_path, task), str(train_path), str(eval_path))
+        data = TaskData(task, train, dev, f"{name}:{task.hub_train_split}", f"{name}:{task.hub_eval_split}")
+    else:
+        train_path, eval_path = find_task_files(source.data_dir, source.train_file, source.eval_file)
+        train = load_file(train_path, task) if train_path else None
+        data = TaskData(task, train, load_file(eval_path, task), str(train_path), str(eval_path))
+    if source.train_from_eval:
+        return TaskData(task, data.eval, data.eval, data.eval_name, data.eval_name, train_from_eval=True)
+    return data
 
 
 def make_split(
@@ -123,11 +128,15 @@ def make_split(
             f"few-shot samples need a training file; none found for {data.task.display} (pass --train-file)"
         )
     labels = [e.label for e in data.train]
+    pool = None
+    if data.train_from_eval:
+        used = set(split.test) | set(split.validation)
+        pool = [i for i in range(len(labels)) if i not in used]
     if per_class is not None:
-        drawn = per_class_samples(labels, per_class, samples, seed)
+        drawn = per_class_samples(labels, per_class, samples, seed, pool)
     else:
         assert shots is not None
-        drawn = few_shot_samples(labels, shots, samples, seed)
+        drawn = few_shot_samples(labels, shots, samples, seed, pool)
     return ProtocolSplit(split.test, split.validation, drawn)
 
 
@@ -391,6 +400,10 @@ def _run_one(spec: dict[str, Any], cache: _Cache, options: ExecuteOptions, key: 
     if data.train is None:
         raise ValueError(f"{task.display} has no training file (pass --train-file)")
     if spec["regime"] == "full":
+        if data.train_from_eval:
+            raise ValueError(
+                "--train-from-eval is for few-shot runs (the rest of a validation file is small)"
+            )
         rows = list(range(len(data.train)))
     else:
         if spec["sample"] >= len(split.train_samples):
@@ -398,6 +411,12 @@ def _run_one(spec: dict[str, Any], cache: _Cache, options: ExecuteOptions, key: 
                 f"the split has {len(split.train_samples)} training samples, run needs #{spec['sample']}"
             )
         rows = split.train_samples[spec["sample"]]
+        expected = spec["shots"] or spec["per_class"] * task.num_labels
+        if len(rows) != expected:
+            raise ValueError(
+                f"training sample #{spec['sample']} of the split has {len(rows)} rows, the run asks for "
+                f"{expected} (check --shots/--per-class against the --split file)"
+            )
     train_examples = with_paraphrases(data.train, rows, cache.augmented)
     train = (
         cache.encode(f"{task.name}/train-full", train_examples)

@@ -81,13 +81,15 @@ def protocol_split(eval_labels: Sequence[int], seed: int, validation_size: int =
     return ProtocolSplit(test=test, validation=validation)
 
 
-def few_shot_samples(train_labels: Sequence[int], shots: int, samples: int, seed: int) -> list[list[int]]:
-    """``samples`` independent stratified training sets of ``shots`` examples each."""
+def few_shot_samples(
+    train_labels: Sequence[int], shots: int, samples: int, seed: int, pool: Sequence[int] | None = None
+) -> list[list[int]]:
+    """``samples`` independent stratified training sets of ``shots`` examples each (from ``pool``)."""
+    pool = range(len(train_labels)) if pool is None else pool
     if shots < 1 or samples < 1:
         raise ValueError(f"shots and samples must be >= 1, got shots={shots}, samples={samples}")
-    if shots > len(train_labels):
-        raise ValueError(f"shots must be at most the training set size {len(train_labels)}, got {shots}")
-    pool = range(len(train_labels))
+    if shots > len(pool):
+        raise ValueError(f"shots must be at most the training pool size {len(pool)}, got {shots}")
     return [
         stratified_sample(train_labels, pool, shots, random.Random(f"train:{seed}:{shots}:{k}"))
         for k in range(samples)
@@ -95,12 +97,12 @@ def few_shot_samples(train_labels: Sequence[int], shots: int, samples: int, seed
 
 
 def per_class_samples(
-    train_labels: Sequence[int], per_class: int, samples: int, seed: int
+    train_labels: Sequence[int], per_class: int, samples: int, seed: int, pool: Sequence[int] | None = None
 ) -> list[list[int]]:
-    """``samples`` training sets with exactly ``per_class`` examples of every class."""
+    """``samples`` training sets with exactly ``per_class`` examples of every class (from ``pool``)."""
     if per_class < 1 or samples < 1:
         raise ValueError(f"per_class and samples must be >= 1, got per_class={per_class}, samples={samples}")
-    groups = _by_class(train_labels, range(len(train_labels)))
+    groups = _by_class(train_labels, range(len(train_labels)) if pool is None else pool)
     short = {c: len(m) for c, m in groups.items() if len(m) < per_class}
     if short:
         raise ValueError(f"per_class={per_class} exceeds the examples available for classes {short}")

@@ -309,3 +309,43 @@ def test_cli_reports_malformed_data_with_file_and_line(tmp_path, capsys):
     code = main(["split", "--task", "sst2", "--data-dir", str(folder), "--out", str(tmp_path / "s.json")])
     assert code == 2
     assert "dev.tsv:3: expected 2 tab-separated fields" in capsys.readouterr().err
+
+
+def test_split_file_must_match_the_requested_size(sst2_like, tiny_model_dir, tmp_path, capsys):
+    split = tmp_path / "split.json"
+    run_cli("split", "--task", "sst2", "--data-dir", sst2_like, "--shots", 10, "--samples", 1, "--out", split)
+    args = ["run", "--tasks", "sst2", "--data-dir", sst2_like, "--model", tiny_model_dir, "--shots", 6]
+    args += ["--samples", 1, "--ce-only", "--split", split, "--journal", tmp_path / "j.jsonl", *FAST]
+    assert main([str(a) for a in args]) == 2
+    assert "has 10 rows, the run asks for 6" in capsys.readouterr().err
+
+
+def test_train_from_eval_samples_outside_test_and_validation(tmp_path):
+    folder = write_polarity(tmp_path / "yelp-2", n_train=0, n_test=40)
+    (folder / "train.csv").unlink()
+    out = tmp_path / "split.json"
+    run_cli(
+        "split",
+        "--task",
+        "yelp2",
+        "--data-dir",
+        folder,
+        "--train-from-eval",
+        "--validation-size",
+        10,
+        "--per-class",
+        3,
+        "--samples",
+        4,
+        "--out",
+        out,
+    )
+    split = json.loads(out.read_text())
+    held_out = set(split["test"]) | set(split["validation"])
+    assert len(split["test"]) == 20
+    assert len(split["validation"]) == 10
+    for sample in split["train_samples"]:
+        assert len(sample) == 6
+        assert not set(sample) & held_out
+    labels = [e.label for e in load_file(folder / "test.csv", get_task("yelp2"))]
+    assert all(sorted(labels[i] for i in s) == [0, 0, 0, 1, 1, 1] for s in split["train_samples"])
