@@ -322,8 +322,8 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if torch.cuda.is_available():  # under torchrun, one GPU per local rank (shared when there are fewer)
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     return torch.device("cpu")
 
 

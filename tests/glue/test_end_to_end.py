@@ -349,3 +349,13 @@ def test_train_from_eval_samples_outside_test_and_validation(tmp_path):
         assert not set(sample) & held_out
     labels = [e.label for e in load_file(folder / "test.csv", get_task("yelp2"))]
     assert all(sorted(labels[i] for i in s) == [0, 0, 0, 1, 1, 1] for s in split["train_samples"])
+
+
+def test_torchrun_environment_picks_the_shard(monkeypatch):
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert runner.parse_shard(None) == (3, 4)
+    assert runner.parse_shard("1/2") == (1, 2)  # an explicit shard wins
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert runner.parse_shard(None) == (0, 1)
