@@ -64,7 +64,15 @@ _COLA_COLUMNS = 4  # source, label, original mark, sentence (no header)
 
 
 def parse_label(raw: object, task: TaskSpec, path: Path | str, where: str) -> int:
-    """Class id from a label given as its name (``entailment``) or its id (``1`` / ``"1"``)."""
+    """Class id from a label given as its name (``entailment``) or its id (``1`` / ``"1"``).
+
+    Example:
+        >>> from scl_loss.glue.tasks import get_task
+        >>> parse_label("not_entailment", get_task("rte"), "dev.tsv", "2")
+        1
+        >>> parse_label("1", get_task("sst2"), "dev.tsv", "2")
+        1
+    """
     if isinstance(raw, bool):
         raw = int(raw)
     if isinstance(raw, int) and 0 <= raw < task.num_labels:

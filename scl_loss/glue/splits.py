@@ -35,7 +35,12 @@ def _by_class(labels: Sequence[int], pool: Sequence[int]) -> dict[int, list[int]
 
 
 def allocate(counts: dict[int, int], n: int) -> dict[int, int]:
-    """Split ``n`` over classes in proportion to ``counts`` (largest remainder, ties by class id)."""
+    """Split ``n`` over classes in proportion to ``counts`` (largest remainder, ties by class id).
+
+    Example:
+        >>> allocate({0: 428, 1: 444}, 436)  # SST-2 dev: half of it, stratified
+        {0: 214, 1: 222}
+    """
     total = sum(counts.values())
     if not 0 <= n <= total:
         raise ValueError(f"n must be in [0, {total}] (the pool size), got {n}")
@@ -67,7 +72,16 @@ class ProtocolSplit:
 
 
 def protocol_split(eval_labels: Sequence[int], seed: int, validation_size: int = 500) -> ProtocolSplit:
-    """Test (stratified half) and validation (stratified ``validation_size`` of the rest)."""
+    """Test (stratified half) and validation (stratified ``validation_size`` of the rest).
+
+    Example:
+        >>> labels = [0] * 60 + [1] * 40
+        >>> split = protocol_split(labels, seed=0, validation_size=20)
+        >>> len(split.test), sum(labels[i] for i in split.test), len(split.validation)
+        (50, 20, 20)
+        >>> set(split.test) & set(split.validation)
+        set()
+    """
     if validation_size < 1:
         raise ValueError(f"validation_size must be >= 1, got {validation_size}")
     if len(eval_labels) < 2:

@@ -151,7 +151,12 @@ POLARITY_TASKS = ("amazon2", "yelp2")
 
 
 def get_task(name: str) -> TaskSpec:
-    """The :class:`TaskSpec` called ``name``; ``ValueError`` naming the known tasks otherwise."""
+    """The :class:`TaskSpec` called ``name``; ``ValueError`` naming the known tasks otherwise.
+
+    Example:
+        >>> get_task("MNLI").label_names
+        ('entailment', 'neutral', 'contradiction')
+    """
     key = name.lower().replace("-", "")
     if key not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {name!r}")

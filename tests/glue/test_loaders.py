@@ -154,3 +154,21 @@ def test_hub_records_use_hub_columns():
     bad = datasets.Dataset.from_dict({"premise": ["p"], "hypothesis": ["h"], "label": [7]})
     with pytest.raises(DataFormatError, match="row 0: expected a label"):
         records_to_examples(bad, get_task("mnli"), "hub")
+
+
+def test_hub_is_the_default_source(monkeypatch):
+    """Without a data folder, nyu-mll/glue is read (here through a stand-in for load_dataset)."""
+    datasets = pytest.importorskip("datasets")
+    from scl_loss.glue.runner import DataSource, load_task_data
+
+    calls = []
+
+    def fake_load_dataset(*args, split):
+        calls.append((*args, split))
+        return datasets.Dataset.from_dict({"premise": ["p", "q"], "hypothesis": ["h", "i"], "label": [0, 2]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    data = load_task_data(get_task("mnli"), DataSource())
+    assert calls == [("nyu-mll/glue", "mnli", "train"), ("nyu-mll/glue", "mnli", "validation_matched")]
+    assert [e.label for e in data.eval] == [0, 2]
+    assert data.eval_name == "nyu-mll/glue:validation_matched"
