@@ -35,7 +35,7 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def _source(args: argparse.Namespace) -> object:
-    from scl_loss.glue.runner import DataSource
+    from scl_loss.glue.data import DataSource
 
     if args.data_dir and args.data_root:
         raise SystemExit("error: give --data-dir or --data-root, not both")
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
-    from scl_loss.glue.runner import load_task_data, make_split, split_to_json
+    from scl_loss.glue.data import load_task_data, make_split, split_to_json
 
     task = get_task(args.task)
     data = load_task_data(task, _source(args))  # type: ignore[arg-type]
@@ -157,14 +157,8 @@ def _cmd_split(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     import torch
 
-    from scl_loss.glue.runner import (
-        ExecuteOptions,
-        GridConfig,
-        default_device,
-        execute,
-        expand_grid,
-        parse_shard,
-    )
+    from scl_loss.glue.grid import GridConfig, expand_grid
+    from scl_loss.glue.runner import ExecuteOptions, default_device, execute, parse_shard
     from scl_loss.glue.training import TrainSettings
 
     if not args.tasks:
@@ -259,7 +253,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 def _cmd_augment(args: argparse.Namespace) -> int:
     from scl_loss.glue.augment import augment_rows, marian_translator, write_augmented
-    from scl_loss.glue.runner import load_task_data, read_split
+    from scl_loss.glue.data import load_task_data, read_split
 
     task = get_task(args.task)
     data = load_task_data(task, _source(args))  # type: ignore[arg-type]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from scl_loss.glue.augment import augment_rows, marian_translator
+from scl_loss.glue.data import load_augmented, with_paraphrases
 from scl_loss.glue.loaders import Example
-from scl_loss.glue.runner import load_augmented, with_paraphrases
 
 
 def test_augment_rows_paraphrases_both_texts_of_each_row():

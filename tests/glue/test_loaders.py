@@ -159,7 +159,7 @@ def test_hub_records_use_hub_columns():
 def test_hub_is_the_default_source(monkeypatch):
     """Without a data folder, nyu-mll/glue is read (here through a stand-in for load_dataset)."""
     datasets = pytest.importorskip("datasets")
-    from scl_loss.glue.runner import DataSource, load_task_data
+    from scl_loss.glue.data import DataSource, load_task_data
 
     calls = []
 
