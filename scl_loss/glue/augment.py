@@ -35,6 +35,8 @@ def marian_translator(
 
     tokenizer: Any = AutoTokenizer.from_pretrained(name_or_path)
     model: Any = AutoModelForSeq2SeqLM.from_pretrained(name_or_path).to(device).eval()
+    # Never ask for more tokens than the model has positions for.
+    max_length = min(max_length, getattr(model.config, "max_position_embeddings", max_length))
 
     @torch.no_grad()
     def translate(texts: list[str], temperature: float) -> list[str]:

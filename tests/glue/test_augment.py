@@ -97,3 +97,39 @@ def test_marian_translator_samples_with_the_temperature(tiny_seq2seq):
         torch.manual_seed(seed)
         samples.add(tuple(translate(texts, 5.0)))
     assert len(samples) > 1  # it samples rather than decoding greedily
+
+
+def test_augment_command_writes_one_file_per_temperature(tiny_seq2seq, sst2_like, tmp_path):
+    from scl_loss.glue.cli import main
+
+    split = tmp_path / "split.json"
+    assert (
+        main(
+            [
+                "split",
+                "--task",
+                "sst2",
+                "--data-dir",
+                str(sst2_like),
+                "--shots",
+                "4",
+                "--samples",
+                "2",
+                "--out",
+                str(split),
+            ]
+        )
+        == 0
+    )
+    out = tmp_path / "aug"
+    args = ["augment", "--task", "sst2", "--data-dir", str(sst2_like), "--split", str(split), "--copies", "2"]
+    args += ["--en-de", str(tiny_seq2seq), "--de-en", str(tiny_seq2seq), "--temperatures", "0.3", "0.9"]
+    assert main([*args, "--out", str(out)]) == 0
+    import json
+
+    rows = {r for s in json.loads(split.read_text())["train_samples"] for r in s}
+    for name, temperature in (("augmented-T0.3.jsonl", 0.3), ("augmented-T0.9.jsonl", 0.9)):
+        items = load_augmented(out / name)
+        assert {it["row"] for it in items} == rows
+        assert len(items) == 2 * len(rows)
+        assert {it["temperature"] for it in items} == {temperature}

@@ -359,3 +359,22 @@ def test_torchrun_environment_picks_the_shard(monkeypatch):
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
     assert runner.parse_shard(None) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("lr", 0.0),
+        ("batch_size", 0),
+        ("epochs", 0),
+        ("warmup_ratio", 1.0),
+        ("patience", 0),
+        ("dropout", 1.0),
+        ("scl_reduction", "max"),
+    ],
+)
+def test_train_settings_reject_bad_values(field, value):
+    from scl_loss.glue.training import TrainSettings
+
+    with pytest.raises(ValueError, match=field):
+        TrainSettings(**{field: value})
