@@ -8,11 +8,17 @@ Selection rules (paper §4, §5):
 - few-shot (and noise, transfer): per combination, the 3 samples with the best validation
   accuracy; the combination whose top 3 have the best mean validation accuracy is chosen; the
   table shows mean ± std (sample std, ddof = 1) of those 3 test accuracies.
+
+A *combination* is (loss, λ, τ, training settings): runs with other epochs or learning rates in
+the same journal compete like other hyperparameters. A *setting* (a table row) is task, regime,
+size, augmentation, starting model, encoder, and data + split: runs with different test sets are
+never pooled.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -49,7 +55,23 @@ def setting_of(spec: dict[str, Any]) -> tuple[Any, ...]:
     init = spec.get("init")
     aug_tag = None if augment is None else (augment.get("temperature") or augment.get("file"))
     init_tag = None if init is None else (init.get("loss") or init.get("path"))
-    return (spec["task"], spec["regime"], spec["shots"], spec["per_class"], aug_tag, init_tag, spec["model"])
+    # Runs on different data or splits have different test sets: never pooled.
+    data = json.dumps({k: spec.get(k) for k in ("data", "split_seed", "split_file", "validation_size")})
+    return (
+        spec["task"],
+        spec["regime"],
+        spec["shots"],
+        spec["per_class"],
+        aug_tag,
+        init_tag,
+        spec["model"],
+        data,
+    )
+
+
+def combination_of(spec: dict[str, Any]) -> tuple[str, Any, Any, str]:
+    """What the selection chooses between: the loss, λ, τ and the training settings (epochs, lr, ...)."""
+    return (spec["loss"], spec["lambda"], spec["tau"], json.dumps(spec.get("settings"), sort_keys=True))
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -58,17 +80,16 @@ def _mean(values: Iterable[float]) -> float:
 
 def select(records: list[dict[str, Any]], top_k: int = TOP_K) -> list[Selection]:
     """Apply the selection rules to every setting × loss family present."""
-    groups: dict[tuple[Any, ...], dict[tuple[str, Any, Any], list[dict[str, Any]]]] = {}
+    groups: dict[tuple[Any, ...], dict[tuple[str, Any, Any, str], list[dict[str, Any]]]] = {}
     for record in records:
         spec = record["spec"]
-        combo = (spec["loss"], spec["lambda"], spec["tau"])
-        groups.setdefault(setting_of(spec), {}).setdefault(combo, []).append(record)
+        groups.setdefault(setting_of(spec), {}).setdefault(combination_of(spec), []).append(record)
     out = []
     for setting, combos in sorted(groups.items(), key=lambda kv: str(kv[0])):
         full = setting[1] == "full"
         for family in ("ce", "scl"):
             candidates = []
-            for (loss, lam, tau), runs in combos.items():
+            for (loss, lam, tau, _), runs in combos.items():
                 if loss != family:
                     continue
                 ranked = sorted(runs, key=lambda r: (-r["result"]["val_acc"], r["spec"]["sample"]))
@@ -215,6 +236,8 @@ def _csv_rows(selections: list[Selection]) -> list[dict[str, Any]]:
             "test_acc_std": s.test_std,
             "test_mcc": s.extra["mcc"],
             "test_f1": s.extra["f1"],
+            "settings": json.dumps(s.best_record["spec"].get("settings"), sort_keys=True),
+            "data": s.setting[7],
             "best_key": s.best_record["key"],
             "best_model_dir": s.best_record.get("model_dir"),
         }

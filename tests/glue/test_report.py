@@ -99,3 +99,18 @@ def test_noise_and_transfer_go_to_their_tables():
     assert tables["table5"][2][0][:3] == ["SST-2", "100", "0.3"]
     assert tables["table5"][2][0][-1] == "+0.00"
     assert tables["table7"][2][0][:3] == ["Yelp-2", "20/class", "SST-2 model (scl)"]
+
+
+def test_settings_compete_as_combinations_and_splits_never_pool():
+    records = []
+    for epochs, val in ((3, 0.6), (10, 0.8)):
+        for k in range(3):
+            r = record("sst2", "fewshot", "ce", None, None, k, val, val - 0.1, key=f"e{epochs}s{k}")
+            r["spec"]["settings"] = {"epochs": epochs}
+            records.append(r)
+    [sel] = select(records)
+    assert sel.best_record["spec"]["settings"] == {"epochs": 10}
+    assert sel.test == pytest.approx(0.7)
+    other = record("sst2", "fewshot", "ce", None, None, 0, 0.99, 0.99, key="other-split")
+    other["spec"]["split_seed"] = 1
+    assert len(select([*records, other])) == 2  # a separate row, not the winner of the first
