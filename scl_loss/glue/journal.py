@@ -1,0 +1,101 @@
+"""The results journal: one JSON line per finished run, safe against crashes and concurrent writers.
+
+An append rewrites the journal into a temporary file next to it, fsyncs it and renames it over
+the old one (``os.replace`` is atomic), then fsyncs the folder: after a crash the journal is
+either the old or the new version, never a torn line. An advisory ``flock`` on ``FILE.lock``
+serialises writers, so several processes (shards, torchrun ranks) may share one journal.
+Journals from different machines are merged by concatenation: records are keyed by run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["append_record", "finished_keys", "merge_journals", "read_journal"]
+
+
+class _Lock:
+    def __init__(self, path: Path) -> None:
+        self.path = path.with_name(path.name + ".lock")
+        self.fd = -1
+
+    def __enter__(self) -> _Lock:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - no flock on Windows: single writer only
+            pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)  # closing releases the flock
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - not possible on every OS
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_journal(path: str | Path) -> list[dict[str, Any]]:
+    """All records of one journal (missing file: none). A malformed line is an error naming it."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: expected one JSON record per line ({err.msg})") from err
+        if not isinstance(record, dict) or "key" not in record:
+            raise ValueError(f"{path}:{number}: expected a JSON object with a 'key'")
+        records.append(record)
+    return records
+
+
+def finished_keys(path: str | Path) -> set[str]:
+    return {r["key"] for r in read_journal(path)}
+
+
+def append_record(path: str | Path, record: dict[str, Any]) -> bool:
+    """Add ``record`` (which has a ``key``) unless its key is already there; ``True`` if added."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, sort_keys=True, allow_nan=False) + "\n"
+    with _Lock(path):
+        if record["key"] in finished_keys(path):
+            return False
+        old = path.read_bytes() if path.exists() else b""
+        if old and not old.endswith(b"\n"):
+            old += b"\n"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with tmp.open("wb") as handle:
+            handle.write(old + line.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    return True
+
+
+def merge_journals(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Records of several journals, one per key (the first seen wins), in reading order."""
+    seen: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        for record in read_journal(path):
+            seen.setdefault(record["key"], record)
+    return list(seen.values())
