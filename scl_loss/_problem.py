@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -74,12 +73,24 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def flatten_views(features: Tensor, normalize: bool) -> Tensor:
-    """``[N, D]`` or ``[N, V, D]`` -> ``[N·V, D]`` in the compute dtype; row ``n·V + v`` is view ``v`` of ``n``."""
+    """``[N, D]`` or ``[N, V, D]`` -> ``[N·V, D]`` in the compute dtype.
+
+    Row ``n·V + v`` is view ``v`` of example ``n``.
+    """
     z = features.reshape(-1, features.shape[-1]).to(compute_dtype(features.dtype))
-    if normalize:
-        # F.normalize divides by max(||z||, eps): a zero vector stays zero with finite gradients.
-        z = F.normalize(z, dim=1)
-    return z
+    return l2_normalize(z) if normalize else z
+
+
+def l2_normalize(z: Tensor, eps: float = 1e-12) -> Tensor:
+    """Rows divided by their l2 norm; an all-zero row stays zero and gets zero gradient.
+
+    ``F.normalize`` gives a zero row the gradient ``g / eps`` (1e12·g): finite in float32 but
+    inf once cast back to a float16 input's gradient. Normalisation has no derivative at 0,
+    so a zero row gets none. Every intermediate stays finite, so no ``0·inf`` reaches backward.
+    """
+    norm = torch.linalg.vector_norm(z, dim=1, keepdim=True)
+    inverse = torch.where(norm > 0, 1.0 / norm.clamp(min=eps), 0.0)
+    return z * inverse
 
 
 def build_problem(

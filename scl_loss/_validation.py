@@ -61,9 +61,7 @@ def check_features(features: object, name: str = "features") -> Tensor:
     if not features.is_floating_point():
         raise TypeError(f"{name} must have a floating dtype, got {features.dtype}")
     if features.dim() not in (2, 3):
-        raise ValueError(
-            f"{name} must have shape [N, D] or [N, V, D] (V views), got {tuple(features.shape)}"
-        )
+        raise ValueError(f"{name} must have shape [N, D] or [N, V, D] (V views), got {tuple(features.shape)}")
     if features.shape[-1] == 0 or (features.dim() == 3 and features.shape[1] == 0):
         raise ValueError(f"{name} must have D >= 1 and V >= 1, got shape {tuple(features.shape)}")
     if not _is_compiling() and not bool(torch.isfinite(features).all()):
@@ -71,16 +69,18 @@ def check_features(features: object, name: str = "features") -> Tensor:
     return features
 
 
-def check_labels(labels: object, n: int, device: torch.device, name: str = "labels") -> Tensor:
-    """``labels`` must be an integer tensor of shape ``[N]`` on the features' device."""
+def check_labels(
+    labels: object, n: int, device: torch.device, name: str = "labels", against: str = "features"
+) -> Tensor:
+    """``labels`` must be an integer tensor of shape ``[N]`` on the device of ``against``."""
     if not isinstance(labels, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of integer class ids, got {type(labels).__name__}")
     if labels.dtype not in _INTEGER_DTYPES:
         raise TypeError(f"{name} must have an integer dtype (class ids), got {labels.dtype}")
     if labels.dim() != 1 or labels.shape[0] != n:
-        raise ValueError(f"{name} must have shape [N] = [{n}] to match features, got {tuple(labels.shape)}")
+        raise ValueError(f"{name} must have shape [N] = [{n}] to match {against}, got {tuple(labels.shape)}")
     if labels.device != device:
-        raise ValueError(f"{name} must be on the features' device {device}, got {labels.device}")
+        raise ValueError(f"{name} must be on the {against}' device {device}, got {labels.device}")
     return labels
 
 

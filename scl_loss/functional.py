@@ -97,23 +97,12 @@ def supcon_loss(
         >>> loss.shape, bool(features.grad.isfinite().all())
         (torch.Size([]), True)
     """
-    path = v.check_path("path", path)
-    chunk_size = v.check_chunk_size("chunk_size", chunk_size)
-    problem, out_shape, reduction = _prepare_supcon(
-        features, labels, mask, temperature, normalize, reduction, ignore_index
-    )
-    with torch.autocast(problem.contrasts.device.type, enabled=False):
-        out = reduced_loss(problem, reduction, path=path, chunk_size=chunk_size)
-    if reduction == "none":
-        return out.reshape(out_shape)
-    return out
-
-
-def _prepare_supcon(features, labels, mask, temperature, normalize, reduction, ignore_index):  # type: ignore[no-untyped-def]
     features = v.check_features(features)
     temperature = v.check_positive_finite("temperature", temperature)
     reduction = v.check_reduction("reduction", reduction)
     ignore_index = v.check_int("ignore_index", ignore_index)
+    path = v.check_path("path", path)
+    chunk_size = v.check_chunk_size("chunk_size", chunk_size)
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
     n = features.shape[0]
@@ -129,10 +118,16 @@ def _prepare_supcon(features, labels, mask, temperature, normalize, reduction, i
             "labels and mask are both None, which needs features of shape [N, V, D] with V >= 2 "
             f"(the views of a row are its positives); got {tuple(features.shape)}"
         )
-    problem = build_problem(
-        features, labels, mask, temperature=temperature, normalize=normalize, ignore_index=ignore_index
-    )
-    return problem, features.shape[:-1], reduction
+    # Autocast would run the similarity products in half precision; the loss accumulates in
+    # float32 (float64 for float64 input) whatever the caller's autocast state.
+    with torch.autocast(features.device.type, enabled=False):
+        problem = build_problem(
+            features, labels, mask, temperature=temperature, normalize=normalize, ignore_index=ignore_index
+        )
+        out = reduced_loss(problem, reduction, path=path, chunk_size=chunk_size)
+    if reduction == "none":
+        return out.reshape(features.shape[:-1])
+    return out
 
 
 def scl_cross_entropy(
@@ -207,15 +202,15 @@ def scl_cross_entropy(
         raise TypeError(f"logits must have a floating dtype, got {logits.dtype}")
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape [N, C], got {tuple(logits.shape)}")
+    if isinstance(features, Tensor) and features.device != logits.device:
+        raise ValueError(f"features must be on the logits' device {logits.device}, got {features.device}")
     features = v.check_features(features)
     n = logits.shape[0]
     if features.shape[0] != n:
         raise ValueError(
             f"features must have the same batch size N = {n} as logits, got {tuple(features.shape)}"
         )
-    labels = v.check_labels(labels, n, logits.device)
-    if features.device != logits.device:
-        raise ValueError(f"features must be on the logits' device {logits.device}, got {features.device}")
+    labels = v.check_labels(labels, n, logits.device, against="logits")
     if weight is not None and not isinstance(weight, Tensor):
         raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
 

@@ -53,7 +53,9 @@ class SupConLoss(nn.Module):
         self.path = v.check_path("path", path)
         self.chunk_size = v.check_chunk_size("chunk_size", chunk_size)
 
-    def forward(self, features: Tensor, labels: Tensor | None = None, *, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, features: Tensor, labels: Tensor | None = None, *, mask: Tensor | None = None
+    ) -> Tensor:
         return supcon_loss(
             features,
             labels,

@@ -20,7 +20,14 @@ from scl_loss import _validation as v
 __all__ = ["supcon_loss_dense", "supcon_loss_loop"]
 
 
-def _check(features, labels, mask, temperature, reduction, ignore_index):  # type: ignore[no-untyped-def]
+def _check(
+    features: Tensor,
+    labels: Tensor | None,
+    mask: Tensor | None,
+    temperature: float,
+    reduction: str,
+    ignore_index: int,
+) -> tuple[Tensor, Tensor | None, Tensor | None, float, str, int]:
     features = v.check_features(features)
     temperature = v.check_positive_finite("temperature", temperature)
     reduction = v.check_reduction("reduction", reduction)
@@ -181,4 +188,3 @@ def supcon_loss_dense(
     if reduction == "sum":
         return per_anchor.sum()
     return per_anchor.sum() / (num_pos > 0).sum().clamp(min=1)
-
