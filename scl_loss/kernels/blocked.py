@@ -310,7 +310,11 @@ def _make_blocks(p: ContrastProblem, chunk_size: int | None, operand_dtype: torc
     # is always added (a data-dependent branch would break the graph).
     if torch.compiler.is_compiling() or not bool(p.valid.all()):
         col_bias = z.new_zeros(z.shape[0]).masked_fill_(~p.valid, _masked_value(z.dtype))
-    chunk = chunk_size if chunk_size is not None else default_chunk_size(p.num_anchors, z.shape[0])
+    chunk = (
+        chunk_size
+        if chunk_size is not None
+        else default_chunk_size(p.num_anchors, z.shape[0], z.element_size())
+    )
     return _Blocks(
         z,
         col_bias,
