@@ -391,3 +391,50 @@ def test_modules_pass_path_and_chunk_size_through(monkeypatch):
     want = SCLCrossEntropy(0.7, 0.2, path="dense")(logits, x, y)
     torch.testing.assert_close(SCLCrossEntropy(0.7, 0.2, path="blocked", chunk_size=4)(logits, x, y), want)
     assert seen == [5, 4]
+
+
+# --- CUDA (skipped without a device) ------------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_blocked_on_cuda_matches_loop_reference(reduction, dtype):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(48, 2, 64, generator=gen, dtype=torch.float64), dim=-1)
+    x = x.to(dtype).double()  # the rounded inputs: what is left is the kernel's own error
+    y = torch.randint(0, 6, (48,), generator=gen)
+    y[:3] = -100
+    want, want_grad = value_and_grad(supcon_loss_loop, x, 0, labels=y, temperature=0.1, reduction=reduction)
+
+    def on_cuda(features, **kwargs):
+        out = supcon_loss(
+            features.to("cuda", dtype), y.cuda(), temperature=0.1, reduction=reduction, **kwargs
+        )
+        return out.cpu()
+
+    got, got_grad = value_and_grad(on_cuda, x, 0, path="blocked", chunk_size=40)
+    assert got.dtype == torch.float32
+    assert_close_rel(got.double(), want, 1e-5, "loss", term_scale=10.0 * (96 if reduction == "sum" else 1))
+    # The gradient comes back in the input dtype: its rounding bounds the agreement.
+    grad_rel = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
+    assert_grad_close(got_grad, want_grad, grad_rel, term_scale=10.0)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_half_operands_on_cuda():
+    """The experimental tensor-core products (``torch.mm(..., out_dtype=torch.float32)``)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 32, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 4, (64,), generator=gen)
+    want = supcon_loss_loop(x, y, temperature=0.1)
+    z = torch.nn.functional.normalize(x.float().cuda(), dim=1).requires_grad_(True)
+    p = build_problem(z, y.cuda(), None, temperature=0.1, normalize=False, ignore_index=-100)
+    out, _ = blocked_supcon(p, "mean", 24, operand_dtype=torch.bfloat16)
+    out.backward()
+    assert bool(z.grad.isfinite().all())
+    assert_close_rel(out.detach().cpu(), want.float(), 2e-2, "loss")
