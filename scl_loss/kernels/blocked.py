@@ -262,7 +262,7 @@ class _VectorSweep(torch.autograd.Function):
         return buf.mul_(blocks.inv_tau), None
 
 
-def _label_positive_term(p: ContrastProblem) -> tuple[Tensor, Tensor]:
+def _label_positive_term(p: ContrastProblem, all_valid: bool) -> tuple[Tensor, Tensor]:
     """Per anchor ``(Σ_{p∈P(a)} ℓ_ap / |P(a)|, |P(a)|)`` for group ids, from class sums (autograd).
 
     ``Σ_{p∈P(a)} z_a·z_p = z_a·(S_{g(a)} − z_a)`` with ``S_c`` the sum of the valid rows of
@@ -278,8 +278,8 @@ def _label_positive_term(p: ContrastProblem) -> tuple[Tensor, Tensor]:
     starts[1:] = sorted_groups[1:] != sorted_groups[:-1]
     compact = torch.empty_like(order).scatter_(0, order, torch.cumsum(starts, 0) - 1)
 
-    valid_f = p.valid.to(z.dtype).unsqueeze(1)
-    class_sum = z.new_zeros(m, z.shape[1]).index_add(0, compact, z * valid_f)
+    summands = z if all_valid else z * p.valid.to(z.dtype).unsqueeze(1)  # skip an [M, D] copy
+    class_sum = z.new_zeros(m, z.shape[1]).index_add(0, compact, summands)
     class_count = torch.zeros(m, dtype=torch.int64, device=z.device).index_add_(
         0, compact, p.valid.to(torch.int64)
     )
@@ -349,7 +349,7 @@ def blocked_supcon(
     z = p.contrasts
     uses_labels = p.groups is not None
     if uses_labels:
-        pos_mean, num_positives = _label_positive_term(p)
+        pos_mean, num_positives = _label_positive_term(p, all_valid=blocks.col_bias is None)
     has_positive = None
     if reduction == "none":
         lse, pos_sum, mask_npos = _VectorSweep.apply(z, blocks)
