@@ -7,8 +7,10 @@
 from scl_loss import functional, reference
 from scl_loss.functional import SCLComponents, scl_cross_entropy, supcon_loss
 from scl_loss.losses import SCLCrossEntropy, SupConLoss
+from scl_loss.memory import MemoryQueue
 
 __all__ = [
+    "MemoryQueue",
     "SCLComponents",
     "SCLCrossEntropy",
     "SupConLoss",

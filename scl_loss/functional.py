@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from scl_loss import _validation as v
+from scl_loss import distributed, memory
 from scl_loss._problem import build_problem
 from scl_loss._reduction import reduce_per_anchor
-from scl_loss.kernels import reduced_loss
+from scl_loss.kernels import per_anchor_loss, reduced_loss
 
 __all__ = ["SCLComponents", "reduce_per_anchor", "scl_cross_entropy", "supcon_loss"]
 
@@ -42,6 +43,9 @@ def supcon_loss(
     ignore_index: int = -100,
     path: str = "auto",
     chunk_size: int | None = None,
+    gather_distributed: bool = False,
+    process_group: object = None,
+    queue: memory.MemoryQueue | None = None,
 ) -> Tensor:
     r"""Supervised contrastive loss (Khosla et al. 2020; Gunel et al. 2020, eq. 3).
 
@@ -75,12 +79,22 @@ def supcon_loss(
             (see ``docs/blocked.md``).
         chunk_size: anchor rows per block on the blocked path; ``None`` picks the largest
             multiple of 128 whose float32 block fits 256 MiB.
+        gather_distributed: under an initialised :mod:`torch.distributed` group, contrast this
+            rank's anchors against every rank's features and labels, with exact gradients;
+            the returned value is the loss of the global batch, its gradient is scaled so that
+            DDP's averaging gives the single-process gradient (see :mod:`scl_loss.distributed`
+            and docs/distributed.md). Ranks may hold different ``N`` (also 0) but must agree on
+            ``V``, ``D``, dtype and the other arguments. ``mask`` is not supported. Without an
+            initialised group it is the single-process loss.
+        process_group: the group to gather over (``None``: the default group).
+        queue: a :class:`~scl_loss.memory.MemoryQueue` of past embeddings used as extra
+            contrasts and positives; the batch is appended to it after use. Needs ``labels``.
 
     Returns:
         A scalar, or with ``reduction="none"`` a tensor of shape ``[N]`` (``[N, V]`` for
-        views) holding 0 for anchors without a positive. Its dtype is float32, or float64
-        for float64 features: fp16/bf16 features (also under ``torch.autocast``) are
-        accumulated in float32.
+        views) holding 0 for anchors without a positive (this rank's anchors only, when
+        gathering). Its dtype is float32, or float64 for float64 features: fp16/bf16
+        features (also under ``torch.autocast``) are accumulated in float32.
 
     Shape:
         - features: :math:`(N, D)` or :math:`(N, V, D)`
@@ -97,12 +111,12 @@ def supcon_loss(
         >>> loss.shape, bool(features.grad.isfinite().all())
         (torch.Size([]), True)
     """
+    path = v.check_path("path", path)
+    chunk_size = v.check_chunk_size("chunk_size", chunk_size)
     features = v.check_features(features)
     temperature = v.check_positive_finite("temperature", temperature)
     reduction = v.check_reduction("reduction", reduction)
     ignore_index = v.check_int("ignore_index", ignore_index)
-    path = v.check_path("path", path)
-    chunk_size = v.check_chunk_size("chunk_size", chunk_size)
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
     n = features.shape[0]
@@ -118,13 +132,39 @@ def supcon_loss(
             "labels and mask are both None, which needs features of shape [N, V, D] with V >= 2 "
             f"(the views of a row are its positives); got {tuple(features.shape)}"
         )
+    # Every local check comes before the first collective: a rank raising alone would hang the others.
+    queue = memory.check_queue(queue, has_labels=labels is not None)
+    gather = distributed.is_gathering(gather_distributed, process_group)
+    if gather and mask is not None:
+        raise ValueError("gather_distributed=True does not support mask=; pass labels (or views only)")
     # Autocast would run the similarity products in half precision; the loss accumulates in
     # float32 (float64 for float64 input) whatever the caller's autocast state.
     with torch.autocast(features.device.type, enabled=False):
         problem = build_problem(
             features, labels, mask, temperature=temperature, normalize=normalize, ignore_index=ignore_index
         )
-        out = reduced_loss(problem, reduction, path=path, chunk_size=chunk_size)
+        if gather:  # contrasts: every rank's rows; anchors: this rank's
+            problem = distributed.gather_problem(
+                problem,
+                features,
+                labels is not None,
+                normalize=normalize,
+                ignore_index=ignore_index,
+                process_group=process_group,
+            )
+        batch = problem
+        if queue is not None:
+            problem = memory.append_queue(problem, queue)
+        if gather:  # per-anchor values: the reduction must count anchors over all ranks
+            per_anchor, num_positives = per_anchor_loss(problem, path=path, chunk_size=chunk_size)
+        else:
+            out = reduced_loss(problem, reduction, path=path, chunk_size=chunk_size)
+    if queue is not None:
+        memory.enqueue_batch(queue, batch)
+    if gather:
+        if reduction == "none":
+            return per_anchor.reshape(features.shape[:-1])
+        return distributed.reduce_across_ranks(per_anchor, num_positives, reduction, process_group)
     if reduction == "none":
         return out.reshape(features.shape[:-1])
     return out
@@ -144,6 +184,9 @@ def scl_cross_entropy(
     return_components: bool = False,
     path: str = "auto",
     chunk_size: int | None = None,
+    gather_distributed: bool = False,
+    process_group: object = None,
+    queue: memory.MemoryQueue | None = None,
 ) -> Tensor | SCLComponents:
     r"""The fine-tuning objective of Gunel et al. (2020), eq. 1: ``(1 − λ)·CE + λ·SCL``.
 
@@ -173,6 +216,12 @@ def scl_cross_entropy(
             ``ignore_index`` rows are also left out of SCL.
         return_components: return :class:`SCLComponents` ``(loss, ce, scl)`` for logging.
         path, chunk_size: the SCL kernel path and its block size, as in :func:`supcon_loss`.
+        gather_distributed, process_group: as in :func:`supcon_loss`, for SCL; and CE becomes
+            the mean over the *global* batch, ``Σ_all w_{y_i}·ce_i / Σ_all w_{y_i}`` (non-ignored
+            rows), with the same DDP-exact gradient scaling. So with uneven per-rank batches
+            the loss and the DDP-averaged gradients equal those of one process on the
+            concatenated batch.
+        queue: as in :func:`supcon_loss` (used and updated only when ``λ > 0``).
 
     Shape:
         - logits: :math:`(N, C)`; features: :math:`(N, D)` or :math:`(N, V, D)`; labels: :math:`(N)`
@@ -214,9 +263,17 @@ def scl_cross_entropy(
     if weight is not None and not isinstance(weight, Tensor):
         raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
 
+    gather = distributed.is_gathering(gather_distributed, process_group)
+    memory.check_queue(queue, has_labels=True)
+
     zero = logits.sum() * 0.0
     if lambda_ < 1.0:
-        ce = _cross_entropy(logits, labels, weight, ignore_index, label_smoothing, zero)
+        if gather:
+            ce = distributed.cross_entropy_across_ranks(
+                logits, labels, weight, ignore_index, label_smoothing, process_group
+            )
+        else:
+            ce = _cross_entropy(logits, labels, weight, ignore_index, label_smoothing, zero)
     if lambda_ > 0.0:
         scl = supcon_loss(
             features,
@@ -226,6 +283,9 @@ def scl_cross_entropy(
             ignore_index=ignore_index,
             path=path,
             chunk_size=chunk_size,
+            gather_distributed=gather_distributed,
+            process_group=process_group,
+            queue=queue,
         )
     if lambda_ == 0.0:
         loss, scl = ce, zero.detach()

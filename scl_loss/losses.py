@@ -5,7 +5,9 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from scl_loss import _validation as v
+from scl_loss.distributed import is_gathering
 from scl_loss.functional import SCLComponents, scl_cross_entropy, supcon_loss
+from scl_loss.memory import MemoryQueue, check_queue
 
 __all__ = ["SCLCrossEntropy", "SupConLoss"]
 
@@ -20,6 +22,11 @@ class SupConLoss(nn.Module):
         ignore_index: label of rows that are neither anchors nor contrasts.
         path: ``"auto"``, ``"dense"`` or ``"blocked"`` (see :func:`scl_loss.functional.supcon_loss`).
         chunk_size: anchor rows per block on the blocked path (``None``: automatic).
+        gather_distributed: contrast against every rank's batch under torch.distributed, with
+            DDP-exact gradients (see :func:`~scl_loss.functional.supcon_loss`).
+        process_group: the group to gather over (``None``: the default group).
+        queue: a :class:`~scl_loss.memory.MemoryQueue` of past embeddings (a submodule, so
+            ``.to(device)`` and ``state_dict`` include it).
 
     Shape:
         - features: :math:`(N, D)` or :math:`(N, V, D)`; labels: :math:`(N)`; mask: :math:`(N, N)`
@@ -44,6 +51,9 @@ class SupConLoss(nn.Module):
         ignore_index: int = -100,
         path: str = "auto",
         chunk_size: int | None = None,
+        gather_distributed: bool = False,
+        process_group: object = None,
+        queue: MemoryQueue | None = None,
     ) -> None:
         super().__init__()
         self.temperature = v.check_positive_finite("temperature", temperature)
@@ -52,6 +62,10 @@ class SupConLoss(nn.Module):
         self.ignore_index = v.check_int("ignore_index", ignore_index)
         self.path = v.check_path("path", path)
         self.chunk_size = v.check_chunk_size("chunk_size", chunk_size)
+        is_gathering(gather_distributed, process_group)  # validates both
+        self.gather_distributed = gather_distributed
+        self.process_group = process_group
+        self.queue = check_queue(queue, has_labels=True)
 
     def forward(
         self, features: Tensor, labels: Tensor | None = None, *, mask: Tensor | None = None
@@ -66,12 +80,15 @@ class SupConLoss(nn.Module):
             ignore_index=self.ignore_index,
             path=self.path,
             chunk_size=self.chunk_size,
+            gather_distributed=self.gather_distributed,
+            process_group=self.process_group,
+            queue=self.queue,
         )
 
     def extra_repr(self) -> str:
         return (
             f"temperature={self.temperature}, normalize={self.normalize}, reduction={self.reduction!r}, "
-            f"path={self.path!r}"
+            f"path={self.path!r}" + (", gather_distributed=True" if self.gather_distributed else "")
         )
 
 
@@ -85,6 +102,9 @@ class SCLCrossEntropy(nn.Module):
         ignore_index, label_smoothing, weight: as in :class:`torch.nn.CrossEntropyLoss`.
         return_components: return ``(loss, ce, scl)`` for logging.
         path, chunk_size: the SCL kernel path and its block size (see :class:`SupConLoss`).
+        gather_distributed, process_group: global-batch SCL and CE under torch.distributed with
+            DDP-exact gradients (see :func:`~scl_loss.functional.scl_cross_entropy`).
+        queue: a :class:`~scl_loss.memory.MemoryQueue` of past embeddings for the SCL term.
 
     Shape:
         - logits: :math:`(N, C)`; features: :math:`(N, D)` or :math:`(N, V, D)`; labels: :math:`(N)`
@@ -114,6 +134,9 @@ class SCLCrossEntropy(nn.Module):
         return_components: bool = False,
         path: str = "auto",
         chunk_size: int | None = None,
+        gather_distributed: bool = False,
+        process_group: object = None,
+        queue: MemoryQueue | None = None,
     ) -> None:
         super().__init__()
         self.lambda_ = v.check_unit_interval("lambda_", lambda_)
@@ -128,6 +151,10 @@ class SCLCrossEntropy(nn.Module):
         self.return_components = return_components
         self.path = v.check_path("path", path)
         self.chunk_size = v.check_chunk_size("chunk_size", chunk_size)
+        is_gathering(gather_distributed, process_group)  # validates both
+        self.gather_distributed = gather_distributed
+        self.process_group = process_group
+        self.queue = check_queue(queue, has_labels=True)
 
     def forward(self, logits: Tensor, features: Tensor, labels: Tensor) -> Tensor | SCLComponents:
         return scl_cross_entropy(
@@ -143,7 +170,12 @@ class SCLCrossEntropy(nn.Module):
             return_components=self.return_components,
             path=self.path,
             chunk_size=self.chunk_size,
+            gather_distributed=self.gather_distributed,
+            process_group=self.process_group,
+            queue=self.queue,
         )
 
     def extra_repr(self) -> str:
-        return f"lambda_={self.lambda_}, tau={self.tau}, scl_reduction={self.scl_reduction!r}"
+        return f"lambda_={self.lambda_}, tau={self.tau}, scl_reduction={self.scl_reduction!r}" + (
+            ", gather_distributed=True" if self.gather_distributed else ""
+        )
