@@ -113,9 +113,14 @@ class _Blocks:
         rows = self.z.narrow(0, self.start + b0, c)
         # Scale the c×D side by 1/τ, not the c×M product (as the dense kernel does).
         anchors = (rows * self.inv_tau).to(self.zo.dtype)
-        s = _mm(anchors, self.zo.T, self.z.dtype)
-        if self.col_bias is not None:  # invalid (ignore_index) columns
-            s.add_(self.col_bias)
+        if self.col_bias is None:
+            s = _mm(anchors, self.zo.T, self.z.dtype)
+        elif anchors.dtype == self.col_bias.dtype:
+            # Invalid (ignore_index) columns: the [M] bias row is added by the product itself,
+            # which CUDA can fuse into the GEMM epilogue instead of another pass over the block.
+            s = torch.addmm(self.col_bias, anchors, self.zo.T)
+        else:
+            s = _mm(anchors, self.zo.T, self.z.dtype).add_(self.col_bias)
         s.diagonal(self.start + b0).fill_(self.neg)  # the self entries: (i, start+b0+i)
         return s
 
