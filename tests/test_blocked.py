@@ -33,8 +33,9 @@ def assert_close_rel(
 def assert_grad_close(
     actual: torch.Tensor, expected: torch.Tensor, rel: float, term_scale: float = 1.0
 ) -> None:
-    """Gradients: ours finite everywhere; compared where the loop reference is finite (its
-    ``sqrt`` normalisation has a NaN gradient at a zero vector, ``F.normalize`` does not).
+    """Gradients: ours finite everywhere, compared where the loop reference is finite. At a
+    zero vector the reference's ``sqrt`` normalisation has a NaN gradient; the library's
+    normalisation gives such a row exactly zero gradient, which is asserted instead.
 
     ``term_scale``: the size of the terms that cancel into the gradient. The blocked path
     adds the softmax part and the positive part of ``∂L/∂z`` (each of size ``~1/τ``, times
@@ -43,6 +44,7 @@ def assert_grad_close(
     """
     assert bool(actual.isfinite().all()), "non-finite gradient"
     finite = expected.isfinite()
+    assert bool((actual[~finite] == 0).all()), "a zero row must get zero gradient"
     scale = max(1.0, float(expected[finite].abs().max()) if finite.any() else 0.0, term_scale)
     torch.testing.assert_close(
         actual[finite],
