@@ -180,6 +180,40 @@ def test_anchor_slice_matches_dense_kernel(kind, views, reduction, chunk):
     assert float(grad_b[:start].abs().sum()) > 0
 
 
+@given(
+    views=st.sampled_from([1, 2, 3]),
+    examples=st.integers(1, 8),
+    data=st.data(),
+    kind=st.sampled_from(["groups", "mask"]),
+    reduction=st.sampled_from(REDUCTIONS),
+    chunk=st.sampled_from([1, 2, 5, 100, None]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_drawn_anchor_slices_match_dense_kernel(views, examples, data, kind, reduction, chunk, seed):
+    """Anchors any whole-example slice of the contrasts (the layout gathering and queues build)."""
+    m = examples * views
+    first = data.draw(st.integers(0, examples - 1), label="first anchor example")
+    count = data.draw(st.integers(1, examples - first), label="anchor examples") * views
+    start = first * views
+    z0 = torch.randn(m, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    g = torch.randn(count, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 1))
+    results = []
+    for run in ("blocked", "dense"):
+        z = z0.clone().requires_grad_(True)
+        p = sliced_problem(z, start, count, kind, views, seed=seed)
+        if run == "blocked":
+            out, npos = blocked_supcon(p, reduction, chunk)
+        else:
+            loss, npos = dense_per_anchor_loss(p)
+            out = reduce_per_anchor(loss, npos, reduction)
+        ((out * g).sum() if reduction == "none" else out).backward()
+        results.append((out.detach(), npos, z.grad))
+    (out_b, npos_b, grad_b), (out_d, npos_d, grad_d) = results
+    torch.testing.assert_close(npos_b, npos_d)
+    assert_close_rel(out_b, out_d, 1e-12, "loss")
+    assert_grad_close(grad_b, grad_d, 1e-12)
+
+
 @pytest.mark.parametrize("kind", ["groups", "mask"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_gradcheck_blocked_function(kind, reduction):
