@@ -26,8 +26,6 @@ __all__ = ["CHUNK_BUDGET_BYTES", "blocked_supcon", "default_chunk_size"]
 #: Memory budget of one ``[chunk, M]`` block of float32 logits (the default chunk's bound).
 CHUNK_BUDGET_BYTES = 256 * 2**20
 
-_HALF = (torch.float16, torch.bfloat16)
-
 
 def default_chunk_size(num_anchors: int, num_contrasts: int, element_size: int = 4) -> int:
     """Anchor rows per block: the most whose ``[chunk, M]`` block fits :data:`CHUNK_BUDGET_BYTES`.
@@ -115,9 +113,14 @@ class _Blocks:
         rows = self.z.narrow(0, self.start + b0, c)
         # Scale the c×D side by 1/τ, not the c×M product (as the dense kernel does).
         anchors = (rows * self.inv_tau).to(self.zo.dtype)
-        s = _mm(anchors, self.zo.T, self.z.dtype)
-        if self.col_bias is not None:  # invalid (ignore_index) columns
-            s.add_(self.col_bias)
+        if self.col_bias is None:
+            s = _mm(anchors, self.zo.T, self.z.dtype)
+        elif anchors.dtype == self.col_bias.dtype:
+            # Invalid (ignore_index) columns: the [M] bias row is added by the product itself,
+            # which CUDA can fuse into the GEMM epilogue instead of another pass over the block.
+            s = torch.addmm(self.col_bias, anchors, self.zo.T)
+        else:
+            s = _mm(anchors, self.zo.T, self.z.dtype).add_(self.col_bias)
         s.diagonal(self.start + b0).fill_(self.neg)  # the self entries: (i, start+b0+i)
         return s
 
@@ -264,7 +267,7 @@ class _VectorSweep(torch.autograd.Function):
         return buf.mul_(blocks.inv_tau), None
 
 
-def _label_positive_term(p: ContrastProblem) -> tuple[Tensor, Tensor]:
+def _label_positive_term(p: ContrastProblem, all_valid: bool) -> tuple[Tensor, Tensor]:
     """Per anchor ``(Σ_{p∈P(a)} ℓ_ap / |P(a)|, |P(a)|)`` for group ids, from class sums (autograd).
 
     ``Σ_{p∈P(a)} z_a·z_p = z_a·(S_{g(a)} − z_a)`` with ``S_c`` the sum of the valid rows of
@@ -280,8 +283,8 @@ def _label_positive_term(p: ContrastProblem) -> tuple[Tensor, Tensor]:
     starts[1:] = sorted_groups[1:] != sorted_groups[:-1]
     compact = torch.empty_like(order).scatter_(0, order, torch.cumsum(starts, 0) - 1)
 
-    valid_f = p.valid.to(z.dtype).unsqueeze(1)
-    class_sum = z.new_zeros(m, z.shape[1]).index_add(0, compact, z * valid_f)
+    summands = z if all_valid else z * p.valid.to(z.dtype).unsqueeze(1)  # skip an [M, D] copy
+    class_sum = z.new_zeros(m, z.shape[1]).index_add(0, compact, summands)
     class_count = torch.zeros(m, dtype=torch.int64, device=z.device).index_add_(
         0, compact, p.valid.to(torch.int64)
     )
@@ -294,15 +297,6 @@ def _label_positive_term(p: ContrastProblem) -> tuple[Tensor, Tensor]:
     return pos_sum / num_positives.clamp(min=1).to(z.dtype), num_positives
 
 
-def _operand_dtype(p: ContrastProblem) -> torch.dtype:
-    # Half inputs on CUDA: tensor-core products with float32 accumulation (docs/blocked.md).
-    # Elsewhere the products run in the compute dtype.
-    z = p.contrasts
-    if z.is_cuda and p.input_dtype in _HALF:
-        return p.input_dtype  # type: ignore[return-value]
-    return z.dtype
-
-
 def _make_blocks(p: ContrastProblem, chunk_size: int | None, operand_dtype: torch.dtype | None) -> _Blocks:
     z = p.contrasts
     col_bias: Tensor | None = None
@@ -310,7 +304,11 @@ def _make_blocks(p: ContrastProblem, chunk_size: int | None, operand_dtype: torc
     # is always added (a data-dependent branch would break the graph).
     if torch.compiler.is_compiling() or not bool(p.valid.all()):
         col_bias = z.new_zeros(z.shape[0]).masked_fill_(~p.valid, _masked_value(z.dtype))
-    chunk = chunk_size if chunk_size is not None else default_chunk_size(p.num_anchors, z.shape[0])
+    chunk = (
+        chunk_size
+        if chunk_size is not None
+        else default_chunk_size(p.num_anchors, z.shape[0], z.element_size())
+    )
     return _Blocks(
         z,
         col_bias,
@@ -321,7 +319,7 @@ def _make_blocks(p: ContrastProblem, chunk_size: int | None, operand_dtype: torc
         p.num_anchors,
         p.temperature,
         max(1, chunk),
-        operand_dtype if operand_dtype is not None else _operand_dtype(p),
+        operand_dtype if operand_dtype is not None else z.dtype,
     )
 
 
@@ -336,9 +334,10 @@ def blocked_supcon(
 
     ``output`` is the per-anchor loss ``[A]`` for ``reduction="none"`` (0 where ``|P(a)| = 0``)
     and the reduced scalar for ``"mean"``/``"sum"``. ``chunk_size`` is the number of anchor
-    rows per block (``None``: :func:`default_chunk_size`). ``operand_dtype`` overrides the
-    dtype of the matrix products' operands (default: the half input dtype on CUDA, else the
-    compute dtype).
+    rows per block (``None``: :func:`default_chunk_size`). ``operand_dtype`` (experimental,
+    off by default) rounds the operands of the matrix products to that dtype, e.g.
+    ``torch.bfloat16`` for tensor-core products with float32 accumulation on CUDA; this costs
+    accuracy beyond the library's documented half-precision tolerance (``docs/blocked.md``).
 
     Example:
         >>> import torch
@@ -355,7 +354,7 @@ def blocked_supcon(
     z = p.contrasts
     uses_labels = p.groups is not None
     if uses_labels:
-        pos_mean, num_positives = _label_positive_term(p)
+        pos_mean, num_positives = _label_positive_term(p, all_valid=blocks.col_bias is None)
     has_positive = None
     if reduction == "none":
         lse, pos_sum, mask_npos = _VectorSweep.apply(z, blocks)
