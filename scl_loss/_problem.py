@@ -27,9 +27,16 @@ class ContrastProblem:
         groups: ``[M]`` int64 group ids (class labels tiled over views, or row ids when the
             views of a row are its only positives). ``None`` when ``pos_mask`` is given.
         pos_mask: ``[A, M]`` bool, ``pos_mask[a, m]`` says contrast ``m`` is a positive of anchor
-            ``a`` (the self entry is ignored). ``None`` when ``groups`` is given.
+            ``a`` (the self entry is ignored). ``None`` when ``groups`` is given. With
+            ``mask_views = V > 1`` it is stored untiled, ``[A/V, M/V]``, one entry per pair of
+            examples: ``positive(a, m) = pos_mask[a // V, m // V]`` (``anchor_start`` and ``A``
+            are then multiples of ``V``); :meth:`mask_rows` expands a slice of rows.
         valid: ``[M]`` bool, False for rows that take no part (``ignore_index``).
         temperature: ``τ > 0``.
+        mask_views: the view count ``V`` by which ``pos_mask`` is tiled (1: stored tiled).
+        input_dtype: dtype of the user's features (``contrasts`` is in the compute dtype); a
+            kernel may run its matrix products in it where that is accurate enough and faster.
+            ``None``: same as ``contrasts``.
     """
 
     contrasts: Tensor
@@ -39,6 +46,25 @@ class ContrastProblem:
     pos_mask: Tensor | None
     valid: Tensor
     temperature: float
+    mask_views: int = 1
+    input_dtype: torch.dtype | None = None
+
+    def mask_rows(self, start: int, length: int) -> Tensor:
+        """``[length, M]`` bool: the tiled ``pos_mask`` rows of anchors ``start … start+length−1``.
+
+        Only this slice is expanded over views, so the full ``(N·V)²`` mask is never built
+        unless a caller asks for all rows (as the dense kernel does).
+        """
+        assert self.pos_mask is not None
+        return tile_mask_rows(self.pos_mask, self.mask_views, start, length)
+
+
+def tile_mask_rows(pos_mask: Tensor, views: int, start: int, length: int) -> Tensor:
+    """Rows ``start … start+length−1`` of ``pos_mask`` tiled ``views × views`` (see ``ContrastProblem``)."""
+    if views == 1:
+        return pos_mask.narrow(0, start, length)
+    rows = torch.arange(start, start + length, device=pos_mask.device) // views
+    return pos_mask.index_select(0, rows).repeat_interleave(views, dim=1)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -91,7 +117,7 @@ def build_problem(
         groups = labels.repeat_interleave(views)
     elif mask is not None:
         valid = torch.ones(n * views, dtype=torch.bool, device=z.device)
-        pos_mask = mask.repeat_interleave(views, 0).repeat_interleave(views, 1)
+        pos_mask = mask  # kept untiled: ContrastProblem.mask_rows expands the rows a kernel needs
     else:  # SimCLR: the other views of a row are its only positives
         valid = torch.ones(n * views, dtype=torch.bool, device=z.device)
         groups = torch.arange(n, device=z.device).repeat_interleave(views)
@@ -103,4 +129,6 @@ def build_problem(
         pos_mask=pos_mask,
         valid=valid,
         temperature=temperature,
+        mask_views=views if mask is not None else 1,
+        input_dtype=features.dtype,
     )

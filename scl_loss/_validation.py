@@ -99,3 +99,23 @@ def check_mask(mask: object, n: int, device: torch.device, name: str = "mask") -
             raise ValueError(f"{name} must hold only 0 and 1 (or be bool)")
         mask = mask != 0
     return mask
+
+
+PATHS = ("auto", "dense", "blocked")
+
+
+def check_path(name: str, value: object) -> str:
+    if value not in PATHS:
+        raise ValueError(f"{name} must be one of {PATHS}, got {value!r}")
+    return str(value)
+
+
+def check_chunk_size(name: str, value: object) -> int | None:
+    """``None`` (chosen from the problem size) or an int ≥ 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be None or an int >= 1, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be None or an int >= 1, got {value}")
+    return int(value)

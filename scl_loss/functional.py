@@ -13,7 +13,8 @@ from torch import Tensor
 
 from scl_loss import _validation as v
 from scl_loss._problem import build_problem
-from scl_loss.kernels import dense_per_anchor_loss
+from scl_loss._reduction import reduce_per_anchor
+from scl_loss.kernels import reduced_loss
 
 __all__ = ["SCLComponents", "reduce_per_anchor", "scl_cross_entropy", "supcon_loss"]
 
@@ -30,21 +31,6 @@ class SCLComponents(NamedTuple):
     scl: Tensor
 
 
-def reduce_per_anchor(loss: Tensor, num_positives: Tensor, reduction: str) -> Tensor:
-    """Apply ``reduction`` to per-anchor losses; anchors without a positive are not counted.
-
-    ``"mean"`` divides by the number of anchors with at least one positive (by 1 when there
-    are none, so an all-singleton batch gives a graph-connected 0, never 0/0).
-    """
-    if reduction == "none":
-        return loss
-    total = loss.sum()
-    if reduction == "sum":
-        return total
-    counted = (num_positives > 0).sum().clamp(min=1)
-    return total / counted
-
-
 def supcon_loss(
     features: Tensor,
     labels: Tensor | None = None,
@@ -54,6 +40,8 @@ def supcon_loss(
     normalize: bool = True,
     reduction: str = "mean",
     ignore_index: int = -100,
+    path: str = "auto",
+    chunk_size: int | None = None,
 ) -> Tensor:
     r"""Supervised contrastive loss (Khosla et al. 2020; Gunel et al. 2020, eq. 3).
 
@@ -81,6 +69,12 @@ def supcon_loss(
         normalize: l2-normalise ``features`` first; pass ``False`` for already normalised input.
         reduction: ``"mean"`` over anchors with a positive, ``"sum"``, or ``"none"``.
         ignore_index: rows whose label equals it are neither anchors nor contrasts.
+        path: ``"dense"`` (one ``[N·V, N·V]`` logit matrix; fastest for small batches),
+            ``"blocked"`` (``chunk_size`` anchor rows at a time, ``O(N·V·D + chunk·N·V)`` extra
+            memory, same result), or ``"auto"``: dense while ``(N·V)² ≤ 2**22``, else blocked
+            (see ``docs/blocked.md``).
+        chunk_size: anchor rows per block on the blocked path; ``None`` picks the largest
+            multiple of 128 whose float32 block fits 256 MiB.
 
     Returns:
         A scalar, or with ``reduction="none"`` a tensor of shape ``[N]`` (``[N, V]`` for
@@ -103,6 +97,22 @@ def supcon_loss(
         >>> loss.shape, bool(features.grad.isfinite().all())
         (torch.Size([]), True)
     """
+    path = v.check_path("path", path)
+    chunk_size = v.check_chunk_size("chunk_size", chunk_size)
+    features = v.check_features(features)
+    # Autocast would run the similarity products in half precision; the loss accumulates in
+    # float32 (float64 for float64 input) whatever the caller's autocast state.
+    with torch.autocast(features.device.type, enabled=False):
+        problem, out_shape, reduction = _prepare_supcon(
+            features, labels, mask, temperature, normalize, reduction, ignore_index
+        )
+        out = reduced_loss(problem, reduction, path=path, chunk_size=chunk_size)
+    if reduction == "none":
+        return out.reshape(out_shape)
+    return out
+
+
+def _prepare_supcon(features, labels, mask, temperature, normalize, reduction, ignore_index):  # type: ignore[no-untyped-def]
     features = v.check_features(features)
     temperature = v.check_positive_finite("temperature", temperature)
     reduction = v.check_reduction("reduction", reduction)
@@ -122,16 +132,10 @@ def supcon_loss(
             "labels and mask are both None, which needs features of shape [N, V, D] with V >= 2 "
             f"(the views of a row are its positives); got {tuple(features.shape)}"
         )
-    # Autocast would run the similarity products in half precision; the loss accumulates in
-    # float32 (float64 for float64 input) whatever the caller's autocast state.
-    with torch.autocast(features.device.type, enabled=False):
-        problem = build_problem(
-            features, labels, mask, temperature=temperature, normalize=normalize, ignore_index=ignore_index
-        )
-        per_anchor, num_positives = dense_per_anchor_loss(problem)
-    if reduction == "none":
-        return per_anchor.reshape(features.shape[:-1])
-    return reduce_per_anchor(per_anchor, num_positives, reduction)
+    problem = build_problem(
+        features, labels, mask, temperature=temperature, normalize=normalize, ignore_index=ignore_index
+    )
+    return problem, features.shape[:-1], reduction
 
 
 def scl_cross_entropy(
@@ -146,6 +150,8 @@ def scl_cross_entropy(
     label_smoothing: float = 0.0,
     weight: Tensor | None = None,
     return_components: bool = False,
+    path: str = "auto",
+    chunk_size: int | None = None,
 ) -> Tensor | SCLComponents:
     r"""The fine-tuning objective of Gunel et al. (2020), eq. 1: ``(1 − λ)·CE + λ·SCL``.
 
@@ -174,6 +180,7 @@ def scl_cross_entropy(
         ignore_index, label_smoothing, weight: as in :func:`torch.nn.functional.cross_entropy`;
             ``ignore_index`` rows are also left out of SCL.
         return_components: return :class:`SCLComponents` ``(loss, ce, scl)`` for logging.
+        path, chunk_size: the SCL kernel path and its block size, as in :func:`supcon_loss`.
 
     Shape:
         - logits: :math:`(N, C)`; features: :math:`(N, D)` or :math:`(N, V, D)`; labels: :math:`(N)`
@@ -191,6 +198,8 @@ def scl_cross_entropy(
     """
     lambda_ = v.check_unit_interval("lambda_", lambda_)
     tau = v.check_positive_finite("tau", tau)
+    path = v.check_path("path", path)
+    chunk_size = v.check_chunk_size("chunk_size", chunk_size)
     if scl_reduction not in ("mean", "sum"):
         raise ValueError(f"scl_reduction must be 'mean' or 'sum', got {scl_reduction!r}")
     ignore_index = v.check_int("ignore_index", ignore_index)
@@ -218,7 +227,13 @@ def scl_cross_entropy(
         ce = _cross_entropy(logits, labels, weight, ignore_index, label_smoothing, zero)
     if lambda_ > 0.0:
         scl = supcon_loss(
-            features, labels, temperature=tau, reduction=scl_reduction, ignore_index=ignore_index
+            features,
+            labels,
+            temperature=tau,
+            reduction=scl_reduction,
+            ignore_index=ignore_index,
+            path=path,
+            chunk_size=chunk_size,
         )
     if lambda_ == 0.0:
         loss, scl = ce, zero.detach()

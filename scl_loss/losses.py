@@ -18,6 +18,8 @@ class SupConLoss(nn.Module):
         normalize: l2-normalise the features first.
         reduction: ``"mean"`` (over anchors with a positive), ``"sum"`` or ``"none"``.
         ignore_index: label of rows that are neither anchors nor contrasts.
+        path: ``"auto"``, ``"dense"`` or ``"blocked"`` (see :func:`scl_loss.functional.supcon_loss`).
+        chunk_size: anchor rows per block on the blocked path (``None``: automatic).
 
     Shape:
         - features: :math:`(N, D)` or :math:`(N, V, D)`; labels: :math:`(N)`; mask: :math:`(N, N)`
@@ -40,12 +42,16 @@ class SupConLoss(nn.Module):
         normalize: bool = True,
         reduction: str = "mean",
         ignore_index: int = -100,
+        path: str = "auto",
+        chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         self.temperature = v.check_positive_finite("temperature", temperature)
         self.normalize = normalize
         self.reduction = v.check_reduction("reduction", reduction)
         self.ignore_index = v.check_int("ignore_index", ignore_index)
+        self.path = v.check_path("path", path)
+        self.chunk_size = v.check_chunk_size("chunk_size", chunk_size)
 
     def forward(
         self, features: Tensor, labels: Tensor | None = None, *, mask: Tensor | None = None
@@ -58,10 +64,15 @@ class SupConLoss(nn.Module):
             normalize=self.normalize,
             reduction=self.reduction,
             ignore_index=self.ignore_index,
+            path=self.path,
+            chunk_size=self.chunk_size,
         )
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, normalize={self.normalize}, reduction={self.reduction!r}"
+        return (
+            f"temperature={self.temperature}, normalize={self.normalize}, reduction={self.reduction!r}, "
+            f"path={self.path!r}"
+        )
 
 
 class SCLCrossEntropy(nn.Module):
@@ -73,6 +84,7 @@ class SCLCrossEntropy(nn.Module):
         scl_reduction: ``"mean"`` (default) or ``"sum"`` (the paper's eq. 1–3 literally).
         ignore_index, label_smoothing, weight: as in :class:`torch.nn.CrossEntropyLoss`.
         return_components: return ``(loss, ce, scl)`` for logging.
+        path, chunk_size: the SCL kernel path and its block size (see :class:`SupConLoss`).
 
     Shape:
         - logits: :math:`(N, C)`; features: :math:`(N, D)` or :math:`(N, V, D)`; labels: :math:`(N)`
@@ -100,6 +112,8 @@ class SCLCrossEntropy(nn.Module):
         label_smoothing: float = 0.0,
         weight: Tensor | None = None,
         return_components: bool = False,
+        path: str = "auto",
+        chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         self.lambda_ = v.check_unit_interval("lambda_", lambda_)
@@ -112,6 +126,8 @@ class SCLCrossEntropy(nn.Module):
         # A buffer, like nn.CrossEntropyLoss, so .to(device) moves the class weights too.
         self.register_buffer("weight", weight)
         self.return_components = return_components
+        self.path = v.check_path("path", path)
+        self.chunk_size = v.check_chunk_size("chunk_size", chunk_size)
 
     def forward(self, logits: Tensor, features: Tensor, labels: Tensor) -> Tensor | SCLComponents:
         return scl_cross_entropy(
@@ -125,6 +141,8 @@ class SCLCrossEntropy(nn.Module):
             label_smoothing=self.label_smoothing,
             weight=self.weight,
             return_components=self.return_components,
+            path=self.path,
+            chunk_size=self.chunk_size,
         )
 
     def extra_repr(self) -> str:

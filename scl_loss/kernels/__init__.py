@@ -1,14 +1,80 @@
-"""Kernels: functions ``ContrastProblem -> (per_anchor_loss [A], num_positives [A])``.
+"""Kernels and the choice between them.
 
-The public functions in :mod:`scl_loss.functional` validate arguments, build a
-:class:`~scl_loss._problem.ContrastProblem`, call one kernel and apply the reduction. A
-kernel returns, for each anchor ``a``,
+A kernel solves a :class:`~scl_loss._problem.ContrastProblem`: for each anchor ``a``
 
     loss_a = logsumexp_{k ≠ a, valid k} (z_a·z_k / τ) − (1/|P(a)|) Σ_{p ∈ P(a)} z_a·z_p / τ
 
-and ``|P(a)|``; ``loss_a`` is exactly 0 (still attached to the graph) where ``|P(a)| = 0``.
+(exactly 0, still attached to the graph, where ``|P(a)| = 0``), then a reduction. Two paths:
+
+* ``"dense"`` (:func:`dense_per_anchor_loss`): the whole ``[A, M]`` logit matrix, autograd
+  backward; the fewest kernel launches, for small problems.
+* ``"blocked"`` (:func:`~scl_loss.kernels.blocked.blocked_supcon`): ``chunk`` anchor rows at
+  a time, hand-written backward, ``O(M·D + chunk·M)`` extra memory; for large problems.
+
+``"auto"`` picks by :func:`choose_path`. See ``docs/blocked.md``.
 """
 
+from __future__ import annotations
+
+from torch import Tensor
+
+from scl_loss._problem import ContrastProblem
+from scl_loss._reduction import reduce_per_anchor
+from scl_loss._validation import PATHS
+from scl_loss.kernels.blocked import blocked_supcon, default_chunk_size
 from scl_loss.kernels.dense import dense_per_anchor_loss
 
-__all__ = ["dense_per_anchor_loss"]
+__all__ = [
+    "DENSE_MAX_ELEMENTS",
+    "PATHS",
+    "choose_path",
+    "default_chunk_size",
+    "dense_per_anchor_loss",
+    "per_anchor_loss",
+    "reduced_loss",
+    "resolve_path",
+]
+
+#: ``"auto"`` stays dense while the ``[A, M]`` matrices have at most this many entries
+#: (16 MiB per float32 matrix; e.g. up to 2,048 single-view rows).
+DENSE_MAX_ELEMENTS = 2**22
+
+
+def choose_path(num_anchors: int, num_contrasts: int) -> str:
+    """The ``"auto"`` rule: ``"dense"`` while ``A·M ≤ DENSE_MAX_ELEMENTS``, else ``"blocked"``.
+
+    Example:
+        >>> from scl_loss.kernels import choose_path
+        >>> choose_path(16, 16), choose_path(32768, 32768)
+        ('dense', 'blocked')
+    """
+    return "dense" if num_anchors * num_contrasts <= DENSE_MAX_ELEMENTS else "blocked"
+
+
+def resolve_path(problem: ContrastProblem, path: str) -> str:
+    """``"dense"`` or ``"blocked"``: ``path`` itself, or the :func:`choose_path` rule for ``"auto"``."""
+    if path == "auto":
+        return choose_path(problem.num_anchors, problem.contrasts.shape[0])
+    return path
+
+
+def per_anchor_loss(
+    problem: ContrastProblem, *, path: str = "auto", chunk_size: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """``(loss [A], num_positives [A])`` on the chosen path."""
+    if resolve_path(problem, path) == "dense":
+        return dense_per_anchor_loss(problem)
+    return blocked_supcon(problem, "none", chunk_size)
+
+
+def reduced_loss(
+    problem: ContrastProblem, reduction: str, *, path: str = "auto", chunk_size: int | None = None
+) -> Tensor:
+    """The loss with ``reduction`` applied (``[A]`` for ``"none"``, else a scalar) on the chosen path.
+
+    On the blocked path a scalar reduction computes the gradient in the forward sweep.
+    """
+    if resolve_path(problem, path) == "dense":
+        loss, num_positives = dense_per_anchor_loss(problem)
+        return reduce_per_anchor(loss, num_positives, reduction)
+    return blocked_supcon(problem, reduction, chunk_size)[0]

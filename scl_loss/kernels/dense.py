@@ -25,8 +25,7 @@ def _contrast_and_positive_masks(p: ContrastProblem) -> tuple[Tensor, Tensor]:
         anchor_groups = p.groups.narrow(0, p.anchor_start, a)
         same = anchor_groups.unsqueeze(1) == p.groups.unsqueeze(0)
     else:
-        assert p.pos_mask is not None
-        same = p.pos_mask
+        same = p.mask_rows(0, a)
     positive = same & in_denominator & anchor_valid
     return in_denominator, positive
 
