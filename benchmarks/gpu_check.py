@@ -8,7 +8,8 @@ Steps, each writing into ``--out``:
 1. ``correctness.json``: every implementation (our default and forced paths, the dense
    reference, pytorch-metric-learning, ``--impl`` ones) against the float64 references on the
    device: the loop reference at N = 16 and the float64 dense reference at sizes that straddle
-   the blocked path's chunks, loss and gradient, in float32 and bfloat16.
+   the blocked path's chunks, loss and gradient, in float32 and bfloat16 (the reference runs
+   on the same rounded inputs). Peers are checked and reported; they do not fail the run.
 2. ``kernels.json``: CUDA kernels launched by one forward+backward at N = 16 (torch.profiler),
    per implementation (on CPU: aten ops, to exercise the code only).
 3. ``bench.json``: ``pytest benchmarks/ --bench-preset gpu`` (time, peak extra memory, floor;
@@ -40,36 +41,54 @@ from scl_loss.reference import supcon_loss_dense, supcon_loss_loop
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Tolerances against float64, on the loss and on the relative l2 error of the gradient.
-TOLERANCES = {"float32": (1e-4, 1e-3), "bfloat16": (3e-2, 5e-2)}
+# Tolerances against float64 on the same (rounded) inputs: on the loss (relative, floor 1) and
+# on the relative l2 error of the gradient. bf16 leaves room for kernels that compute in bf16.
+TOLERANCES = {"float32": (1e-4, 1e-3), "bfloat16": (1e-2, 2e-2)}
 
 
-def _correctness_impls(user_specs: list[str]) -> dict[str, object]:
-    impls = {name: impl.fn for name, impl in build_registry(user_specs).items() if impl.kind != "floor"}
+def _correctness_impls(user_specs: list[str]) -> dict[str, tuple[str, object]]:
+    """``{name: (kind, fn)}``: every benchmark row except the floor, plus a many-chunk blocked run."""
+    impls = {
+        name: (impl.kind, impl.fn)
+        for name, impl in build_registry(user_specs).items()
+        if impl.kind != "floor"
+    }
     if "chunk_size" in inspect.signature(supcon_loss).parameters:
         # Small chunks, so a few hundred rows already cross several chunk boundaries.
-        impls["blocked(chunk_size=64)"] = functools.partial(supcon_loss, path="blocked", chunk_size=64)
+        impls["blocked(chunk_size=64)"] = (
+            "library",
+            functools.partial(supcon_loss, path="blocked", chunk_size=64),
+        )
     return impls
 
 
 def check_correctness(device: str, sizes: tuple[int, ...], d: int, user_specs: list[str]) -> list[dict]:
     results = []
+    impls = _correctness_impls(user_specs)
     for n in sizes:
         case = Case(n=n, d=d, dtype="float64", device=device, classes=max(2, n // 8), seed=n)
         x64, labels = make_inputs(case)
         reference = supcon_loss_loop if n <= 24 else supcon_loss_dense
-        ref_loss = reference(x64, labels, temperature=case.temperature)
-        (ref_grad,) = torch.autograd.grad(ref_loss, x64)
         for dtype, (loss_tol, grad_tol) in TOLERANCES.items():
-            for name, fn in _correctness_impls(user_specs).items():
+            # float64 on the inputs rounded to `dtype`: what is left is the kernel's own error.
+            rounded = x64.detach().to(DTYPES[dtype]).double().requires_grad_()
+            ref_loss = reference(rounded, labels, temperature=case.temperature)
+            (ref_grad,) = torch.autograd.grad(ref_loss, rounded)
+            for name, (kind, fn) in impls.items():
                 x = x64.detach().to(DTYPES[dtype]).requires_grad_()
-                entry = {"impl": name, "n": n, "d": d, "dtype": dtype, "reference": reference.__name__}
+                entry = {
+                    "impl": name,
+                    "kind": kind,
+                    "n": n,
+                    "d": d,
+                    "dtype": dtype,
+                    "reference": reference.__name__,
+                }
                 try:
                     loss = fn(x, labels, temperature=case.temperature)
                     (grad,) = torch.autograd.grad(loss, x)
-                    loss_err = abs(float(loss.detach()) - float(ref_loss.detach())) / max(
-                        1.0, abs(float(ref_loss.detach()))
-                    )
+                    ref = float(ref_loss.detach())
+                    loss_err = abs(float(loss.detach()) - ref) / max(1.0, abs(ref))
                     grad_err = float((grad.double() - ref_grad).norm() / ref_grad.norm().clamp(min=1e-30))
                     entry.update(
                         loss_rel_err=loss_err,
@@ -79,9 +98,9 @@ def check_correctness(device: str, sizes: tuple[int, ...], d: int, user_specs: l
                 except Exception as error:  # a crash is a failed check, reported with the others
                     entry.update(ok=False, error=f"{type(error).__name__}: {error}"[:500])
                 results.append(entry)
+                errors = {k: v for k, v in entry.items() if k.endswith("err") or k == "error"}
                 print(
-                    f"correctness {name:24s} {dtype:8s} N={n:<6d} {'ok' if entry['ok'] else 'FAIL'} "
-                    f"{ {k: v for k, v in entry.items() if k.endswith('err') or k == 'error'} }",
+                    f"correctness {name:24s} {dtype:8s} N={n:<6d} {'ok' if entry['ok'] else 'FAIL'} {errors}",
                     flush=True,
                 )
     return results
@@ -177,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "kernels.json").write_text(json.dumps(kernels, indent=1))
 
     bench_rc = run_benchmarks(args.out, args)
-    failed = [c for c in correctness if not c["ok"]]
+    # A peer's inaccuracy is reported, but only ours and the user's rows decide the exit code.
+    failed = [c for c in correctness if not c["ok"] and c["kind"] != "peer"]
+    peer_failed = [c for c in correctness if not c["ok"] and c["kind"] == "peer"]
     report = ""
     if (args.out / "bench.json").exists():
         report = summarize.main(
@@ -197,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(correctness) - len(failed)}/{len(correctness)} checks passed.",
     ]
     lines += [f"- FAIL {json.dumps(c)}" for c in failed]
+    lines += [f"- FAIL (peer, not ours) {json.dumps(c)}" for c in peer_failed]
     with open(args.out / "benchmarks.md", "a") as f:
         f.write("\n" + "\n".join(lines) + f"\n\nTotal wall time: {time.time() - started:.0f} s\n")
     print("\n".join(lines))
