@@ -34,9 +34,6 @@ class ContrastProblem:
         valid: ``[M]`` bool, False for rows that take no part (``ignore_index``).
         temperature: ``τ > 0``.
         mask_views: the view count ``V`` by which ``pos_mask`` is tiled (1: stored tiled).
-        input_dtype: dtype of the user's features (``contrasts`` is in the compute dtype); a
-            kernel may run its matrix products in it where that is accurate enough and faster.
-            ``None``: same as ``contrasts``.
     """
 
     contrasts: Tensor
@@ -47,7 +44,6 @@ class ContrastProblem:
     valid: Tensor
     temperature: float
     mask_views: int = 1
-    input_dtype: torch.dtype | None = None
 
     def mask_rows(self, start: int, length: int) -> Tensor:
         """``[length, M]`` bool: the tiled ``pos_mask`` rows of anchors ``start … start+length−1``.
@@ -130,5 +126,4 @@ def build_problem(
         valid=valid,
         temperature=temperature,
         mask_views=views if mask is not None else 1,
-        input_dtype=features.dtype,
     )

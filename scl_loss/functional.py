@@ -97,26 +97,12 @@ def supcon_loss(
         >>> loss.shape, bool(features.grad.isfinite().all())
         (torch.Size([]), True)
     """
-    path = v.check_path("path", path)
-    chunk_size = v.check_chunk_size("chunk_size", chunk_size)
-    features = v.check_features(features)
-    # Autocast would run the similarity products in half precision; the loss accumulates in
-    # float32 (float64 for float64 input) whatever the caller's autocast state.
-    with torch.autocast(features.device.type, enabled=False):
-        problem, out_shape, reduction = _prepare_supcon(
-            features, labels, mask, temperature, normalize, reduction, ignore_index
-        )
-        out = reduced_loss(problem, reduction, path=path, chunk_size=chunk_size)
-    if reduction == "none":
-        return out.reshape(out_shape)
-    return out
-
-
-def _prepare_supcon(features, labels, mask, temperature, normalize, reduction, ignore_index):  # type: ignore[no-untyped-def]
     features = v.check_features(features)
     temperature = v.check_positive_finite("temperature", temperature)
     reduction = v.check_reduction("reduction", reduction)
     ignore_index = v.check_int("ignore_index", ignore_index)
+    path = v.check_path("path", path)
+    chunk_size = v.check_chunk_size("chunk_size", chunk_size)
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
     n = features.shape[0]
@@ -132,10 +118,16 @@ def _prepare_supcon(features, labels, mask, temperature, normalize, reduction, i
             "labels and mask are both None, which needs features of shape [N, V, D] with V >= 2 "
             f"(the views of a row are its positives); got {tuple(features.shape)}"
         )
-    problem = build_problem(
-        features, labels, mask, temperature=temperature, normalize=normalize, ignore_index=ignore_index
-    )
-    return problem, features.shape[:-1], reduction
+    # Autocast would run the similarity products in half precision; the loss accumulates in
+    # float32 (float64 for float64 input) whatever the caller's autocast state.
+    with torch.autocast(features.device.type, enabled=False):
+        problem = build_problem(
+            features, labels, mask, temperature=temperature, normalize=normalize, ignore_index=ignore_index
+        )
+        out = reduced_loss(problem, reduction, path=path, chunk_size=chunk_size)
+    if reduction == "none":
+        return out.reshape(features.shape[:-1])
+    return out
 
 
 def scl_cross_entropy(

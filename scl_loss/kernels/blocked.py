@@ -26,8 +26,6 @@ __all__ = ["CHUNK_BUDGET_BYTES", "blocked_supcon", "default_chunk_size"]
 #: Memory budget of one ``[chunk, M]`` block of float32 logits (the default chunk's bound).
 CHUNK_BUDGET_BYTES = 256 * 2**20
 
-_HALF = (torch.float16, torch.bfloat16)
-
 
 def default_chunk_size(num_anchors: int, num_contrasts: int, element_size: int = 4) -> int:
     """Anchor rows per block: the most whose ``[chunk, M]`` block fits :data:`CHUNK_BUDGET_BYTES`.
@@ -294,15 +292,6 @@ def _label_positive_term(p: ContrastProblem) -> tuple[Tensor, Tensor]:
     return pos_sum / num_positives.clamp(min=1).to(z.dtype), num_positives
 
 
-def _operand_dtype(p: ContrastProblem) -> torch.dtype:
-    # Half inputs on CUDA: tensor-core products with float32 accumulation (docs/blocked.md).
-    # Elsewhere the products run in the compute dtype.
-    z = p.contrasts
-    if z.is_cuda and p.input_dtype in _HALF:
-        return p.input_dtype  # type: ignore[return-value]
-    return z.dtype
-
-
 def _make_blocks(p: ContrastProblem, chunk_size: int | None, operand_dtype: torch.dtype | None) -> _Blocks:
     z = p.contrasts
     col_bias: Tensor | None = None
@@ -310,7 +299,11 @@ def _make_blocks(p: ContrastProblem, chunk_size: int | None, operand_dtype: torc
     # is always added (a data-dependent branch would break the graph).
     if torch.compiler.is_compiling() or not bool(p.valid.all()):
         col_bias = z.new_zeros(z.shape[0]).masked_fill_(~p.valid, _masked_value(z.dtype))
-    chunk = chunk_size if chunk_size is not None else default_chunk_size(p.num_anchors, z.shape[0])
+    chunk = (
+        chunk_size
+        if chunk_size is not None
+        else default_chunk_size(p.num_anchors, z.shape[0], z.element_size())
+    )
     return _Blocks(
         z,
         col_bias,
@@ -321,7 +314,7 @@ def _make_blocks(p: ContrastProblem, chunk_size: int | None, operand_dtype: torc
         p.num_anchors,
         p.temperature,
         max(1, chunk),
-        operand_dtype if operand_dtype is not None else _operand_dtype(p),
+        operand_dtype if operand_dtype is not None else z.dtype,
     )
 
 
@@ -336,9 +329,10 @@ def blocked_supcon(
 
     ``output`` is the per-anchor loss ``[A]`` for ``reduction="none"`` (0 where ``|P(a)| = 0``)
     and the reduced scalar for ``"mean"``/``"sum"``. ``chunk_size`` is the number of anchor
-    rows per block (``None``: :func:`default_chunk_size`). ``operand_dtype`` overrides the
-    dtype of the matrix products' operands (default: the half input dtype on CUDA, else the
-    compute dtype).
+    rows per block (``None``: :func:`default_chunk_size`). ``operand_dtype`` (experimental,
+    off by default) rounds the operands of the matrix products to that dtype, e.g.
+    ``torch.bfloat16`` for tensor-core products with float32 accumulation on CUDA; this costs
+    accuracy beyond the library's documented half-precision tolerance (``docs/blocked.md``).
 
     Example:
         >>> import torch
