@@ -315,7 +315,7 @@ def render(rows: list[Row], dates: list[str], kernels: dict, stat: str) -> str:
     devices = sorted({(r.device_name, r.torch_version, r.extra.get("threads")) for r in rows}, key=str)
     header = ["# SupCon forward+backward benchmarks", ""]
     for name, version, threads in devices:
-        threads_text = f", {threads} threads" if threads else ""
+        threads_text = f", {threads} thread{'s' if threads != 1 else ''}" if threads else ""
         header.append(f"- device: **{name}**{threads_text}; torch {version}")
     loads = [r.extra["loadavg_1m"] for r in rows if r.extra.get("loadavg_1m") is not None]
     if loads:

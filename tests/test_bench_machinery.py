@@ -29,8 +29,11 @@ def test_memory_probe_sees_a_known_allocation():
     case = Case(n=16, d=8, dtype="float32", device="cpu")
     result = subprocess_peak_extra_bytes(spec, case, [spec])
     assert result["status"] == "ok", result
-    # 64 MiB written, plus the small loss itself and allocator slack.
-    assert 64 * MIB <= result["peak_extra_bytes"] <= 72 * MIB
+    # 64 MiB written, plus the small loss itself and allocator slack; a little below 64 MiB is
+    # possible when the kernel evicts some of the child's file-backed pages (shared libraries)
+    # during the call on a machine short of memory.
+    peak = result["peak_extra_bytes"]
+    assert 60 * MIB <= peak <= 80 * MIB, f"measured {peak / MIB:.1f} MiB for a 64 MiB allocation"
 
 
 @linux_only
