@@ -1,4 +1,4 @@
-"""Options and parametrisation of the benchmark grid (``pytest benchmarks/``).
+"""Options and parametrisation of the benchmark grid (``pytest benchmarks/test_supcon_bench.py``).
 
 ``--impl pkg.mod:func`` adds your implementation to the grid (next to ours, the peers and the
 floor); ``--bench-impls`` keeps only the named rows. Sizes: ``--bench-preset cpu`` (default,

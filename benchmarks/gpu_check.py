@@ -12,8 +12,8 @@ Steps, each writing into ``--out``:
    on the same rounded inputs). Peers are checked and reported; they do not fail the run.
 2. ``kernels.json``: CUDA kernels launched by one forward+backward at N = 16 (torch.profiler),
    per implementation (on CPU: aten ops, to exercise the code only).
-3. ``bench.json``: ``pytest benchmarks/ --bench-preset gpu`` (time, peak extra memory, floor;
-   out-of-memory cases recorded as such).
+3. ``bench.json``: ``pytest benchmarks/test_supcon_bench.py --bench-preset gpu`` (time, peak
+   extra memory, floor; out-of-memory cases recorded as such).
 4. ``benchmarks.md`` + ``benchmarks.png``: :mod:`benchmarks.summarize` over the above.
 
 Exits non-zero when a correctness check or the benchmark run failed; the report is written
@@ -141,7 +141,7 @@ def run_benchmarks(out: Path, args: argparse.Namespace) -> int:
         sys.executable,
         "-m",
         "pytest",
-        str(REPO_ROOT / "benchmarks"),
+        str(REPO_ROOT / "benchmarks" / "test_supcon_bench.py"),
         "-q",
         "-p",
         "no:cacheprovider",

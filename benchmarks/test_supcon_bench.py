@@ -1,7 +1,7 @@
 """Forward+backward time and peak extra memory of every implementation on every case.
 
-Run with ``pytest benchmarks/ --benchmark-json=results/bench.json`` and turn the JSON into a
-table and a plot with ``python -m benchmarks.summarize results/bench.json``.
+Run with ``pytest benchmarks/test_supcon_bench.py --benchmark-json=results/bench.json`` and
+turn the JSON into a table and a plot with ``python -m benchmarks.summarize results/bench.json``.
 """
 
 from __future__ import annotations

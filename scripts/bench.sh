@@ -17,6 +17,6 @@ if [ "${1:-}" = "--gpu" ]; then
   python -m benchmarks.gpu_check --out results "$@"
   exit
 fi
-python -m pytest benchmarks/ -q -p no:cacheprovider -o addopts= --bench-preset cpu \
+python -m pytest benchmarks/test_supcon_bench.py -q -p no:cacheprovider -o addopts= --bench-preset cpu \
   --benchmark-json=results/bench.json --benchmark-columns=min,median,rounds --benchmark-sort=name "$@"
 python -m benchmarks.summarize results/bench.json --markdown results/benchmarks.md --plot results/benchmarks.png

@@ -63,7 +63,7 @@ def test_benchmarks_run_a_user_kernel_and_record_out_of_memory(tmp_path):
     correct, oom = "tests.byo_example:correct_supcon", "tests._bench_probes:always_out_of_memory"
     out = tmp_path / "bench.json"
     proc = _pytest(
-        "benchmarks/",
+        "benchmarks/test_supcon_bench.py",
         "--impl",
         correct,
         "--impl",
