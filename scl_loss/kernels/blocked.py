@@ -21,14 +21,20 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from scl_loss._problem import ContrastProblem, tile_mask_rows
 
-__all__ = ["CHUNK_BUDGET_BYTES", "blocked_supcon", "default_chunk_size"]
+__all__ = ["CHUNK_BUDGET_BYTES", "CPU_CHUNK_BUDGET_BYTES", "blocked_supcon", "default_chunk_size"]
 
-#: Memory budget of one ``[chunk, M]`` block of float32 logits (the default chunk's bound).
+#: Memory budget of one ``[chunk, M]`` block of logits on a GPU (the default chunk's bound):
+#: large blocks keep the GPU's matrix units busy between launches.
 CHUNK_BUDGET_BYTES = 256 * 2**20
+#: The budget elsewhere (CPU): a 1,024-row block already runs the products at full speed on
+#: a few cores, and 256 MiB blocks cost memory (N = 8,192 would be one single block).
+CPU_CHUNK_BUDGET_BYTES = 32 * 2**20
 
 
-def default_chunk_size(num_anchors: int, num_contrasts: int, element_size: int = 4) -> int:
-    """Anchor rows per block: the most whose ``[chunk, M]`` block fits :data:`CHUNK_BUDGET_BYTES`.
+def default_chunk_size(
+    num_anchors: int, num_contrasts: int, element_size: int = 4, budget_bytes: int = CHUNK_BUDGET_BYTES
+) -> int:
+    """Anchor rows per block: the most whose ``[chunk, M]`` block fits ``budget_bytes``.
 
     Rounded down to a multiple of 128 (of 8 below 128) so the products tile well, at least 1
     and at most ``num_anchors``.
@@ -37,10 +43,12 @@ def default_chunk_size(num_anchors: int, num_contrasts: int, element_size: int =
         >>> from scl_loss.kernels import default_chunk_size
         >>> default_chunk_size(32768, 32768)
         2048
+        >>> default_chunk_size(8192, 8192, budget_bytes=32 * 2**20)
+        1024
         >>> default_chunk_size(100, 100)
         100
     """
-    rows = CHUNK_BUDGET_BYTES // (element_size * max(1, num_contrasts))
+    rows = budget_bytes // (element_size * max(1, num_contrasts))
     if rows >= 128:
         rows -= rows % 128
     elif rows >= 8:
@@ -307,7 +315,12 @@ def _make_blocks(p: ContrastProblem, chunk_size: int | None, operand_dtype: torc
     chunk = (
         chunk_size
         if chunk_size is not None
-        else default_chunk_size(p.num_anchors, z.shape[0], z.element_size())
+        else default_chunk_size(
+            p.num_anchors,
+            z.shape[0],
+            z.element_size(),
+            CHUNK_BUDGET_BYTES if z.is_cuda else CPU_CHUNK_BUDGET_BYTES,
+        )
     )
     return _Blocks(
         z,
