@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--shard", help="i/n: run every n-th run starting at i (default: torchrun RANK/WORLD_SIZE)"
     )
+    e.add_argument(
+        "--data-parallel",
+        action="store_true",
+        help="under torchrun: train each run on all ranks, each taking its share of every batch "
+        "(DDP, SCL over the global batch) instead of sharding the runs",
+    )
     e.add_argument("--device", help="default: cuda[:LOCAL_RANK] if available, else cpu")
     e.add_argument("--threads", type=int, help="torch CPU threads")
     e.add_argument("--max-runs", type=int, help="stop after this many new runs")
@@ -208,14 +214,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 )
             )
         return 0
+    device = torch.device(args.device) if args.device else default_device()
+    world = None
+    if args.data_parallel:
+        from scl_loss.glue.parallel import init_from_torchrun
+
+        if args.shard:
+            raise SystemExit("error: --data-parallel runs every run on every rank; drop --shard")
+        world = init_from_torchrun(device)
     options = ExecuteOptions(
         journal=Path(args.journal),
-        shard=parse_shard(args.shard),
-        device=torch.device(args.device) if args.device else default_device(),
+        shard=(0, 1) if world else parse_shard(args.shard),
+        device=device,
         max_runs=args.max_runs,
         save_model=args.save_model,
         save_embeddings=args.save_embeddings,
         progress=not args.quiet,
+        world=world,
     )
     try:
         stats = execute(config, options)
@@ -225,6 +240,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        if world is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if not options.is_main:
+        return 0
     print(f"done: {stats['finished']} new runs, {stats['skipped']} skipped, journal {args.journal}")
     return 0
 

@@ -25,6 +25,7 @@ from scl_loss.glue.data import (
 from scl_loss.glue.grid import RUN_INFO, GridConfig, expand_grid, run_key
 from scl_loss.glue.loaders import Example
 from scl_loss.glue.modeling import Encoded, encode, load_model, load_tokenizer
+from scl_loss.glue.parallel import World
 from scl_loss.glue.splits import ProtocolSplit
 from scl_loss.glue.tasks import TaskSpec, get_task
 from scl_loss.glue.training import RunOutcome, train_and_evaluate
@@ -60,6 +61,12 @@ class ExecuteOptions:
     save_model: str | None = None
     save_embeddings: str | None = None
     progress: bool = True
+    # Data-parallel: every rank runs every run, each on its share of each batch; rank 0 writes.
+    world: World | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.world is None or self.world.is_main
 
 
 class _Cache:
@@ -167,6 +174,7 @@ def _run_one(spec: dict[str, Any], cache: _Cache, options: ExecuteOptions, key: 
         keep_model=options.save_model is not None,
         test_features=options.save_embeddings is not None,
         progress=options.progress,
+        world=options.world,
     )
     record: dict[str, Any] = {
         "key": key,
@@ -176,6 +184,10 @@ def _run_one(spec: dict[str, Any], cache: _Cache, options: ExecuteOptions, key: 
         "host": platform.node(),
         "device": str(options.device),
     }
+    if options.world is not None:
+        record["processes"] = options.world.size
+    if not options.is_main:  # data-parallel: rank 0 alone saves (execute() drops this record)
+        return record
     if options.save_model and outcome.model is not None:
         folder = Path(options.save_model) / f"{task.name}-{spec['loss']}-{key}"
         outcome.model.save_pretrained(folder)
@@ -204,12 +216,22 @@ def execute(
     """Run this shard's unfinished runs, appending each finished one to the journal.
 
     Returns counts ``{"planned", "skipped", "finished"}``. A ``KeyboardInterrupt`` or crash loses
-    only the run in progress; re-running the same command resumes.
+    only the run in progress; re-running the same command resumes. With ``options.world``
+    (data-parallel) there is no sharding: every rank runs the same runs and rank 0 alone logs
+    and writes the journal.
     """
     specs = expand_grid(config)
     index, count = options.shard
+    if options.world is not None and count != 1:
+        raise ValueError("data-parallel runs are not sharded: every rank runs every run")
     mine = [s for i, s in enumerate(specs) if i % count == index]
     done = journal.finished_keys(options.journal)
+    if options.world is not None:
+        import torch.distributed as dist
+
+        dist.barrier()  # every rank has read the journal before rank 0 appends to it
+    if not options.is_main:
+        log = _silent
     todo = [(run_key(s), s) for s in mine]
     todo = [(k, s) for k, s in todo if k not in done]
     stats = {"planned": len(mine), "skipped": len(mine) - len(todo), "finished": 0}
@@ -221,7 +243,8 @@ def execute(
     run_one = run_one or _run_one
     for key, spec in _limited(todo, options.max_runs):
         record = run_one(spec, cache, options, key)
-        journal.append_record(options.journal, record)
+        if options.is_main:
+            journal.append_record(options.journal, record)
         stats["finished"] += 1
         result = record["result"]
         size = spec["shots"] or spec["per_class"] or "all"
@@ -237,3 +260,7 @@ def _limited(
     items: list[tuple[str, dict[str, Any]]], limit: int | None
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     yield from items if limit is None else items[:limit]
+
+
+def _silent(_: str) -> None:
+    pass
