@@ -226,10 +226,12 @@ def execute(
         raise ValueError("data-parallel runs are not sharded: every rank runs every run")
     mine = [s for i, s in enumerate(specs) if i % count == index]
     done = journal.finished_keys(options.journal)
-    if options.world is not None:
+    if options.world is not None:  # rank 0's journal decides: other ranks may not see the file
         import torch.distributed as dist
 
-        dist.barrier()  # every rank has read the journal before rank 0 appends to it
+        shared = [done]
+        dist.broadcast_object_list(shared, src=0)
+        done = shared[0]
     if not options.is_main:
         log = _silent
     todo = [(run_key(s), s) for s in mine]
