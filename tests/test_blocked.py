@@ -12,7 +12,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from scl_loss import SCLCrossEntropy, SupConLoss, scl_cross_entropy, supcon_loss
 from scl_loss._problem import ContrastProblem, build_problem
 from scl_loss._reduction import reduce_per_anchor
-from scl_loss.kernels import DENSE_MAX_ELEMENTS, choose_path, default_chunk_size, resolve_path
+from scl_loss.kernels import (
+    CPU_DENSE_MAX_ELEMENTS,
+    DENSE_MAX_ELEMENTS,
+    choose_path,
+    default_chunk_size,
+    resolve_path,
+)
 from scl_loss.kernels.blocked import CHUNK_BUDGET_BYTES, blocked_supcon
 from scl_loss.kernels.dense import dense_per_anchor_loss
 from scl_loss.reference import supcon_loss_loop
@@ -345,6 +351,9 @@ def test_auto_rule():
     assert DENSE_MAX_ELEMENTS < 2049 * 2048
     assert choose_path(2049, 2048) == "blocked"
     assert choose_path(32768, 32768) == "blocked"
+    assert choose_path(256, 256, on_cpu=True) == "dense"
+    assert choose_path(257, 256, on_cpu=True) == "blocked"
+    assert CPU_DENSE_MAX_ELEMENTS == 256 * 256
     small = build_problem(
         torch.randn(16, 4),
         torch.zeros(16, dtype=torch.long),
@@ -374,7 +383,9 @@ def test_auto_dispatch_calls_the_chosen_kernel(monkeypatch):
     monkeypatch.setattr(
         kernels, "blocked_supcon", lambda *a, **k: calls.append("blocked") or (torch.zeros(()), None)
     )
-    monkeypatch.setattr(kernels, "choose_path", lambda a, m: "blocked" if a * m > 100 else "dense")
+    monkeypatch.setattr(
+        kernels, "choose_path", lambda a, m, on_cpu=False: "blocked" if a * m > 100 else "dense"
+    )
     supcon_loss(torch.randn(8, 4), torch.randint(0, 2, (8,)))
     assert calls == []
     supcon_loss(torch.randn(11, 4), torch.randint(0, 2, (11,)))

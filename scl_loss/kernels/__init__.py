@@ -25,6 +25,7 @@ from scl_loss.kernels.blocked import blocked_supcon, default_chunk_size
 from scl_loss.kernels.dense import dense_per_anchor_loss
 
 __all__ = [
+    "CPU_DENSE_MAX_ELEMENTS",
     "DENSE_MAX_ELEMENTS",
     "PATHS",
     "choose_path",
@@ -35,26 +36,37 @@ __all__ = [
     "resolve_path",
 ]
 
-#: ``"auto"`` stays dense while the ``[A, M]`` matrices have at most this many entries
-#: (16 MiB per float32 matrix; e.g. up to 2,048 single-view rows).
+#: On a GPU, ``"auto"`` stays dense while the ``[A, M]`` matrices have at most this many
+#: entries (16 MiB per float32 matrix; e.g. up to 2,048 single-view rows): there launch count
+#: decides small problems' time, and the dense kernel launches the fewest kernels.
 DENSE_MAX_ELEMENTS = 2**22
+#: On the CPU the blocked kernel is as fast from a few hundred rows on and faster at 2,048
+#: (docs/benchmarks.md, 2 cores, 2026-11-26), with less memory: dense only up to 256² entries.
+CPU_DENSE_MAX_ELEMENTS = 2**16
 
 
-def choose_path(num_anchors: int, num_contrasts: int) -> str:
-    """The ``"auto"`` rule: ``"dense"`` while ``A·M ≤ DENSE_MAX_ELEMENTS``, else ``"blocked"``.
+def choose_path(num_anchors: int, num_contrasts: int, on_cpu: bool = False) -> str:
+    """The ``"auto"`` rule: ``"dense"`` while ``A·M`` is at most the device's threshold, else ``"blocked"``.
+
+    The threshold is :data:`DENSE_MAX_ELEMENTS` on accelerators and
+    :data:`CPU_DENSE_MAX_ELEMENTS` on the CPU.
 
     Example:
         >>> from scl_loss.kernels import choose_path
-        >>> choose_path(16, 16), choose_path(32768, 32768)
+        >>> choose_path(16, 16), choose_path(2048, 2048), choose_path(32768, 32768)
+        ('dense', 'dense', 'blocked')
+        >>> choose_path(16, 16, on_cpu=True), choose_path(2048, 2048, on_cpu=True)
         ('dense', 'blocked')
     """
-    return "dense" if num_anchors * num_contrasts <= DENSE_MAX_ELEMENTS else "blocked"
+    threshold = CPU_DENSE_MAX_ELEMENTS if on_cpu else DENSE_MAX_ELEMENTS
+    return "dense" if num_anchors * num_contrasts <= threshold else "blocked"
 
 
 def resolve_path(problem: ContrastProblem, path: str) -> str:
     """``"dense"`` or ``"blocked"``: ``path`` itself, or the :func:`choose_path` rule for ``"auto"``."""
     if path == "auto":
-        return choose_path(problem.num_anchors, problem.contrasts.shape[0])
+        on_cpu = problem.contrasts.device.type == "cpu"
+        return choose_path(problem.num_anchors, problem.contrasts.shape[0], on_cpu=on_cpu)
     return path
 
 
