@@ -319,10 +319,9 @@ def render(rows: list[Row], dates: list[str], kernels: dict, stat: str) -> str:
         header.append(f"- device: **{name}**{threads_text}; torch {version}")
     loads = [r.extra["loadavg_1m"] for r in rows if r.extra.get("loadavg_1m") is not None]
     if loads:
-        header.append(
-            f"- 1-minute load average while measuring: {min(loads):.1f}–{max(loads):.1f} "
-            "(above the thread count, other processes shared the cores)"
-        )
+        threads = max((r.extra.get("threads") or 0 for r in rows), default=0)
+        shared = " (above the thread count: other processes shared the cores)" if max(loads) > threads else ""
+        header.append(f"- 1-minute load average while measuring: {min(loads):.1f}–{max(loads):.1f}{shared}")
     header.append(
         f"- run: {', '.join(dates)}; time = {stat} over rounds; memory = peak extra over the inputs"
     )
