@@ -59,6 +59,11 @@ def test_pair_row_uses_only_samples_both_losses_finished(paired):
     assert row[5] == f"{statistics.fmean(diffs):+.2f} ± {statistics.stdev(diffs):.2f}"
     assert row[7] == "1/1/1"
     assert row[8] == "1.000"
+    # the paired t-test, computed independently by scipy
+    from scipy.stats import ttest_rel
+
+    p_value = ttest_rel([55.0, 58.0, 70.0], [50.0, 60.0, 70.0]).pvalue
+    assert row[9] == f"{p_value:.3f}"
 
 
 def test_report_pairs_the_chosen_point_and_every_grid_point(paired, tmp_path, monkeypatch):
@@ -74,7 +79,9 @@ def test_report_pairs_the_chosen_point_and_every_grid_point(paired, tmp_path, mo
     paired.main()
     text = out.read_text()
     chosen, grid, timing = text.split("## ")[1:]
-    assert "λ=0.9, τ=0.3 | 5 | 54.00 | 56.00 | +2.00 ± 0.00 | [+2.00, +2.00] | 5/0/0 | 0.062" in chosen
+    assert (
+        "λ=0.9, τ=0.3 | 5 | 54.00 | 56.00 | +2.00 ± 0.00 | [+2.00, +2.00] | 5/0/0 | 0.062 | 0.000 |" in chosen
+    )
     assert "λ=0.5" not in chosen  # selection chose (0.9, 0.3) on validation
     assert "+2.00 ± 0.00" in grid
     assert "λ=0.5, τ=0.1 | 5 | 54.00 | 53.00 | -1.00 ± 0.00" in grid
