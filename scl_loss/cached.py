@@ -59,9 +59,10 @@ def cached_backward(
             It must be deterministic given the RNG state (it runs twice per micro-batch) and
             should not update state that the second run would update again (BatchNorm running
             statistics are updated twice).
-        inputs: a tensor, or a mapping (e.g. a Hugging Face ``BatchEncoding``), tuple or list
-            whose tensors all have the same size ``N`` along dim 0; they are split along dim 0,
-            other values are passed to every micro-batch unchanged.
+        inputs: a tensor, or a mapping (e.g. a Hugging Face ``BatchEncoding``), tuple or list,
+            possibly nested (e.g. one ``BatchEncoding`` per view), whose tensors all have the
+            same size ``N`` along dim 0; they are split along dim 0, other values are passed to
+            every micro-batch unchanged.
         labels: ``[N]``, passed to ``criterion`` whole; ``None`` calls ``criterion`` without
             labels (e.g. SimCLR-style views).
         criterion: returns the scalar loss, or :class:`~scl_loss.SCLComponents` (its ``loss``
@@ -241,51 +242,45 @@ def _sync_context(
     return no_sync() if no_sync is not None and index < count - 1 else contextlib.nullcontext()
 
 
-def _items(inputs: Inputs) -> list[tuple[str, Any]]:
-    """``(name for messages, value)`` of every top-level value of ``inputs``."""
-    if isinstance(inputs, Tensor):
-        return [("inputs", inputs)]
-    if isinstance(inputs, Mapping):
-        return [(f"inputs[{key!r}]", value) for key, value in inputs.items()]
-    if isinstance(inputs, (tuple, list)):
-        return [(f"inputs[{i}]", value) for i, value in enumerate(inputs)]
-    raise TypeError(
-        f"inputs must be a Tensor or a dict, tuple or list of tensors, got {type(inputs).__name__}"
-    )
+def _tensors(value: Any, name: str = "inputs") -> list[tuple[str, Tensor]]:
+    """``(name for messages, tensor)`` of every tensor in ``value``, at any depth of dicts/tuples/lists."""
+    if isinstance(value, Tensor):
+        return [(name, value)]
+    if isinstance(value, Mapping):
+        return [t for key, v in value.items() for t in _tensors(v, f"{name}[{key!r}]")]
+    if isinstance(value, (tuple, list)):
+        return [t for i, v in enumerate(value) for t in _tensors(v, f"{name}[{i}]")]
+    return []
 
 
 def _rows(inputs: Inputs) -> tuple[int, list[Tensor]]:
     """``N``, the common dim-0 size of the inputs' tensors, and those tensors."""
-    sizes: dict[str, int] = {}
-    tensors = []
-    for name, value in _items(inputs):
-        if isinstance(value, Tensor):
-            if value.dim() == 0:
-                raise ValueError(f"{name} must have a batch dimension (dim 0) to split, got a 0-dim tensor")
-            sizes[name] = value.shape[0]
-            tensors.append(value)
-        elif isinstance(value, (Mapping, tuple, list)) and any(
-            isinstance(v, Tensor) for v in (value.values() if isinstance(value, Mapping) else value)
-        ):
-            raise TypeError(
-                f"{name} holds tensors in a nested {type(value).__name__}: only top-level tensors are split"
-            )
-    if not sizes:
+    if not isinstance(inputs, (Tensor, Mapping, tuple, list)):
+        raise TypeError(
+            f"inputs must be a Tensor or a dict, tuple or list of tensors, got {type(inputs).__name__}"
+        )
+    named = _tensors(inputs)
+    if not named:
         raise ValueError("inputs must contain at least one tensor to split along dim 0")
+    for name, tensor in named:
+        if tensor.dim() == 0:
+            raise ValueError(f"{name} must have a batch dimension (dim 0) to split, got a 0-dim tensor")
+    sizes = {name: tensor.shape[0] for name, tensor in named}
     if len(set(sizes.values())) > 1:
         raise ValueError(f"the inputs' tensors must all have the same size N along dim 0, got {sizes}")
-    return next(iter(sizes.values())), tensors
+    return named[0][1].shape[0], [tensor for _, tensor in named]
 
 
-def _slice(inputs: Inputs, start: int, stop: int) -> Inputs:
-    def cut(value: Any) -> Any:
-        return value[start:stop] if isinstance(value, Tensor) else value
-
-    if isinstance(inputs, Tensor):
-        return cut(inputs)
-    if isinstance(inputs, Mapping):
-        return {key: cut(value) for key, value in inputs.items()}
-    return type(inputs)(cut(value) for value in inputs)
+def _slice(value: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of every tensor in ``value``; other values unchanged; mappings become dicts."""
+    if isinstance(value, Tensor):
+        return value[start:stop]
+    if isinstance(value, Mapping):
+        return {key: _slice(v, start, stop) for key, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        parts = [_slice(v, start, stop) for v in value]
+        return type(value)(*parts) if hasattr(value, "_fields") else type(value)(parts)  # namedtuple or not
+    return value
 
 
 def _check_outputs(out: object, index: int, rows: int) -> Outputs:
