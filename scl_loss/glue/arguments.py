@@ -182,6 +182,9 @@ class ExecutionArguments:
         default=None, metadata=_help("JSON or YAML file of option defaults; command-line options win")
     )
 
+    def __post_init__(self) -> None:
+        self.shard_index_count  # noqa: B018 - checks the format
+
     @property
     def shard_index_count(self) -> tuple[int, int]:
         """``shard`` as (i, n) with 0 <= i < n.

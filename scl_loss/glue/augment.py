@@ -79,7 +79,7 @@ def augment_rows(
         paraphrases = {}
         for field in ("text_a", "text_b"):
             if field in train.column_names:
-                texts = train.select(unique)[field]
+                texts = train.select(unique)[field][:]
                 paraphrases[field] = backward(forward(texts, temperature), temperature)
         for j, row in enumerate(unique):
             item: dict[str, Any] = {"row": row, "copy": copy, "temperature": temperature}

@@ -130,21 +130,23 @@ def _run_one(spec: dict[str, Any], cache: _Cache, key: str) -> dict[str, Any]:
         "device": str(args.training.device),
         "processes": args.training.world_size,
     }
-    if not outcome.trainer.is_world_process_zero():
-        return record
+    main = outcome.trainer.is_world_process_zero()
     if args.execution.save_model:
         folder = Path(args.execution.save_model) / f"{task.name}-{spec['loss']}-{key}"
-        outcome.trainer.save_model(str(folder))
-        (folder / RUN_INFO).write_text(
-            json.dumps({"key": key, "spec": spec, "result": outcome.metrics}, indent=1)
-        )
+        outcome.trainer.save_model(str(folder))  # on every process: FSDP/DeepSpeed gather the weights
+        if main:
+            (folder / RUN_INFO).write_text(
+                json.dumps({"key": key, "spec": spec, "result": outcome.metrics}, indent=1)
+            )
         record["model_dir"] = str(folder)
-    if args.execution.save_embeddings and outcome.test_features is not None:
+    if main and outcome.test_features is not None:
         import numpy as np
 
-        target = Path(args.execution.save_embeddings) / f"{key}.npz"
+        target = Path(str(args.execution.save_embeddings)) / f"{key}.npz"
         target.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(target, features=outcome.test_features.numpy(), labels=np.asarray(test["label"]))
+        np.savez_compressed(
+            target, features=outcome.test_features.numpy(), labels=np.asarray(test["label"][:])
+        )
         record["embeddings"] = str(target)
     return record
 

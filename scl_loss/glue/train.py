@@ -168,12 +168,6 @@ def train_and_score(
     callbacks: list[TrainerCallback] = [best]
     if model_args.patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=model_args.patience))
-    # The gradient-caching and gathering options exist on SCLTrainer only where they apply.
-    extra: dict[str, Any] = {}
-    if model_args.micro_batch_size is not None:
-        extra["scl_micro_batch_size"] = model_args.micro_batch_size
-    if args.world_size > 1:
-        extra["scl_gather_distributed"] = model_args.gather_distributed
     trainer = SCLTrainer(
         model=model,
         args=args,
@@ -185,7 +179,8 @@ def train_and_score(
         scl_lambda=spec["lambda"] or 0.0,  # 0: exactly cross-entropy (SCL is not computed)
         scl_tau=spec["tau"] or 1.0,
         scl_reduction=model_args.scl_reduction,
-        **extra,
+        scl_micro_batch_size=model_args.micro_batch_size,
+        scl_gather_distributed=model_args.gather_distributed,  # no effect in a single process
     )
     if args.disable_tqdm:
         trainer.remove_callback(PrinterCallback)
