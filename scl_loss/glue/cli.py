@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ def _split(data: DataArguments, sample: SampleArguments, split: SplitArguments) 
 
 def _run(*parsed: Any) -> int:
     import datasets
+    from transformers.utils import logging as hf_logging
 
     from scl_loss.glue.grid import RunArguments, expand_grid
     from scl_loss.glue.runner import execute
@@ -87,6 +89,10 @@ def _run(*parsed: Any) -> int:
             print(json.dumps({k: spec[k] for k in keep}))
         return 0
     datasets.disable_progress_bars()
+    # Noise, not news: the Trainer's pin_memory default on a machine without a GPU, and
+    # EarlyStoppingCallback's note that it does not load the best model (BestEpoch does).
+    warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true.*")
+    hf_logging.get_logger("transformers.trainer_callback").setLevel(hf_logging.ERROR)
     try:
         stats = execute(args)
     except KeyboardInterrupt:

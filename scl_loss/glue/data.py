@@ -22,19 +22,9 @@ from datasets import ClassLabel, Dataset, Features, Value
 
 from scl_loss.glue.arguments import DataArguments, SampleArguments
 from scl_loss.glue.splits import ProtocolSplit, few_shot_samples, per_class_samples, protocol_split
-from scl_loss.glue.tasks import Task
+from scl_loss.glue.tasks import Headerless, Task
 
-__all__ = [
-    "DataFormatError",
-    "TaskData",
-    "load_augmented",
-    "load_task_data",
-    "make_split",
-    "read_file",
-    "read_split",
-    "split_to_json",
-    "with_paraphrases",
-]
+__all__ = ["DataFormatError", "TaskData", "load_task_data", "make_split", "read_file", "read_split"]
 
 TRAIN_FILES = ("train.tsv", "train.jsonl", "train.json", "train.csv")
 # Polarity sets have no validation file: their test set plays GLUE validation.
@@ -76,45 +66,36 @@ def _label(raw: object, task: Task, base: int, path: Path | str, row: int) -> in
     raise DataFormatError(path, f"row {row}", f"a label in {{{choices}}}", raw)
 
 
-def _text(value: object, path: Path | str, row: int, column: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise DataFormatError(path, f"row {row}", f"non-empty text in column {column!r}", value)
-    return value
-
-
-def _pick(columns: list[str], aliases: tuple[str, ...]) -> str | None:
-    return next((name for name in aliases if name in columns), None)
-
-
-def to_task_dataset(
-    raw: Dataset, task: Task, path: Path | str, label_base: int = 0, unescape: bool = False
-) -> Dataset:
+def to_task_dataset(raw: Dataset, task: Task, path: Path | str, layout: Headerless | None = None) -> Dataset:
     """``raw`` (any column names the task table knows) as a task dataset; every row is checked."""
-    columns = raw.column_names
-    roles = {"text_a": task.text_a, **({"text_b": task.text_b} if task.pair else {}), "label": task.label}
-    found = {role: _pick(columns, aliases) for role, aliases in roles.items()}
-    missing = [f"one of {roles[role]}" for role, name in found.items() if name is None]
+    roles = {"text_a": task.text_a, "text_b": task.text_b, "label": task.label}
+    found = {
+        role: next((c for c in aliases if c in raw.column_names), None) for role, aliases in roles.items()
+    }
+    missing = [f"one of {roles[role]}" for role, name in found.items() if name is None and roles[role]]
     if missing:
-        raise DataFormatError(path, "header", f"columns {' and '.join(missing)} for {task.display}", columns)
+        what = f"columns {' and '.join(missing)} for {task.display}"
+        raise DataFormatError(path, "header", what, raw.column_names)
     if not len(raw):
         raise DataFormatError(path, "row 0", "at least one example", "none")
+    base, unescape = (layout.label_base, layout.escaped_newlines) if layout else (0, False)
+
+    def texts(column: str) -> list[str]:  # [:] makes a list: iterating a datasets Column is slow
+        values = [v if isinstance(v, str) else "" for v in raw[column][:]]
+        return [v.replace("\\n", " ").strip() for v in values] if unescape else values
+
     out: dict[str, list[Any]] = {}
-    for role in ("text_a", "text_b"):
-        if role in found:
-            values = raw[found[role]][:]  # [:]: a list (iterating a datasets Column is slow)
-            if unescape:  # the polarity originals write a newline as backslash-n
-                values = [v.replace("\\n", " ").strip() if isinstance(v, str) else v for v in values]
-            out[role] = [_text(v, path, i, found[role]) for i, v in enumerate(values)]  # type: ignore[arg-type]
-    if task.title in columns:  # the title, as a sentence, before the text
-        titles = [
-            str(t or "").replace("\\n", " ").strip() if unescape else str(t or "").strip()
-            for t in raw[task.title][:]
-        ]
-        out["text_a"] = [
-            text if not title else f"{title} {text}" if title[-1] in ".!?" else f"{title}. {text}"
-            for title, text in zip(titles, out["text_a"], strict=True)
-        ]
-    out["label"] = [_label(v, task, label_base, path, i) for i, v in enumerate(raw[found["label"]][:])]
+    for role, column in found.items():
+        if role != "label" and column is not None:
+            out[role] = texts(column)
+            for row in (i for i, text in enumerate(out[role]) if not text.strip()):
+                raise DataFormatError(
+                    path, f"row {row}", f"non-empty text in column {column!r}", out[role][row]
+                )
+    if task.title in raw.column_names:  # the title, as a sentence, before the text
+        pairs = zip((t.strip() for t in texts(task.title)), out["text_a"], strict=True)
+        out["text_a"] = [f"{t} {x}" if t[-1:] in ".!?" else f"{t}. {x}" if t else x for t, x in pairs]
+    out["label"] = [_label(v, task, base, path, i) for i, v in enumerate(raw[str(found["label"])][:])]
     return Dataset.from_dict(out).cast(features_of(task))  # cast: faster than encoding row by row
 
 
@@ -183,9 +164,7 @@ def read_file(path: str | Path, task: Task) -> Dataset:
         na_filter=False,  # "NA", "null", "nan" are text
         encoding="utf-8-sig",  # MRPC starts with a byte-order mark
     )
-    if layout is None:
-        return to_task_dataset(raw, task, path)
-    return to_task_dataset(raw, task, path, layout.label_base, layout.escaped_newlines)
+    return to_task_dataset(raw, task, path, layout)
 
 
 @dataclass(frozen=True)
@@ -243,15 +222,15 @@ def load_task_data(task: Task, args: DataArguments) -> TaskData:
     """The task's training and GLUE validation sets, from ``args``' folder or the hub."""
     if args.data_dir is None and args.data_root is None:
         name = args.hub_dataset or task.hub
-        train_split, eval_split = task.hub_splits
         config = (task.hub_config,) if task.hub_config else ()
-        train, dev = (datasets.load_dataset(name, *config, split=s) for s in task.hub_splits)
+        train, dev = (datasets.load_dataset(name, *config, split=split) for split in task.hub_splits)
+        train_name, eval_name = (f"{name}:{split}" for split in task.hub_splits)
         return TaskData(
             task,
-            to_task_dataset(train, task, f"{name}:{train_split}"),
-            to_task_dataset(dev, task, f"{name}:{eval_split}"),
-            f"{name}:{train_split}",
-            f"{name}:{eval_split}",
+            to_task_dataset(train, task, train_name),
+            to_task_dataset(dev, task, eval_name),
+            train_name,
+            eval_name,
         )
     train_path, eval_path = find_task_files(args, task)
     train = read_file(train_path, task) if train_path else None

@@ -7,6 +7,7 @@ a local model is named by a hash of its files, data by folder and file names.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -30,25 +31,10 @@ __all__ = ["RUN_INFO", "RunArguments", "expand_grid", "model_id", "run_key"]
 RUN_INFO = "scl_glue_run.json"  # written next to a saved model: the spec that produced it
 # TrainingArguments fields that change what a run computes; they are part of its key.
 TRAINING_FIELDS = (
-    "learning_rate",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "num_train_epochs",
-    "max_steps",
-    "lr_scheduler_type",
-    "warmup_steps",
-    "optim",
-    "weight_decay",
-    "adam_beta1",
-    "adam_beta2",
-    "adam_epsilon",
-    "max_grad_norm",
-    "label_smoothing_factor",
-    "bf16",
-    "fp16",
-    "eval_strategy",
-    "eval_steps",
-    "metric_for_best_model",
+    *("learning_rate", "lr_scheduler_type", "warmup_steps", "max_steps", "num_train_epochs"),
+    *("optim", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm"),
+    *("per_device_train_batch_size", "gradient_accumulation_steps", "label_smoothing_factor"),
+    *("bf16", "fp16", "eval_strategy", "eval_steps", "metric_for_best_model"),
 )
 
 
@@ -116,19 +102,10 @@ def augment_info(path: str | None) -> dict[str, Any] | None:
 
 def settings(args: RunArguments) -> dict[str, Any]:
     """The training settings of every run (part of its key)."""
-    training = args.training
-    found = {name: getattr(training, name) for name in TRAINING_FIELDS}
+    found = {name: getattr(args.training, name) for name in TRAINING_FIELDS}
     found = {k: getattr(v, "value", v) for k, v in found.items()}  # enums as their strings
-    model = args.model
-    ours = {
-        "max_length": model.max_length,
-        "dropout": model.dropout,
-        "scl_reduction": model.scl_reduction,
-        "patience": model.patience,
-        "micro_batch_size": model.micro_batch_size,
-        "gather_distributed": model.gather_distributed,
-    }
-    return {**found, **ours, "world_size": training.world_size}
+    ours = {k: v for k, v in dataclasses.asdict(args.model).items() if k not in ("model", "init_from")}
+    return {**found, **ours, "world_size": args.training.world_size}
 
 
 def expand_grid(args: RunArguments) -> list[dict[str, Any]]:

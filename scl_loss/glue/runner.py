@@ -109,18 +109,7 @@ def _run_one(spec: dict[str, Any], cache: _Cache, key: str) -> dict[str, Any]:
     examples = with_paraphrases(data.train, rows, cache.augmented)
     full = spec["regime"] == "full" and cache.augmented is None
     train = cache.encode(f"{task.name}/train-full", examples, cache=full)
-    outcome = train_and_score(
-        spec,
-        start_from=args.model.init_from or args.model.model,
-        tokenizer=cache.tokenizer,
-        train=train,
-        validation=validation,
-        test=test,
-        model_args=args.model,
-        training_args=args.training,
-        num_labels=task.num_labels,
-        features=args.execution.save_embeddings is not None,
-    )
+    outcome = train_and_score(spec, args, cache.tokenizer, train, validation, test)
     record: dict[str, Any] = {
         "key": key,
         "spec": spec,

@@ -31,7 +31,8 @@ from transformers import (
     set_seed,
 )
 
-from scl_loss.glue.arguments import ModelArguments
+from scl_loss.glue.grid import RunArguments
+from scl_loss.glue.tasks import get_task
 from scl_loss.integrations.transformers import SCLTrainer, first_token_features
 
 __all__ = ["BestEpoch", "RunOutcome", "encode", "load_model", "task_metrics", "train_and_score"]
@@ -148,29 +149,26 @@ def first_token_embeddings(trainer: SCLTrainer, data: Dataset) -> Tensor:
 
 def train_and_score(
     spec: dict[str, Any],
-    *,
-    start_from: str,
+    args: RunArguments,
     tokenizer: Any,
     train: Dataset,
     validation: Dataset,
     test: Dataset,
-    model_args: ModelArguments,
-    training_args: TrainingArguments,
-    num_labels: int,
-    features: bool = False,
 ) -> RunOutcome:
-    """Train the run ``spec`` (its seed, loss, λ, τ) from ``start_from`` on the encoded datasets."""
+    """Train the run ``spec`` (its task, seed, loss, λ, τ) on the encoded datasets and score it on test."""
     started = time.perf_counter()
-    args = dataclasses.replace(training_args, seed=spec["seed"])
-    set_seed(args.seed)  # the head's initialisation follows the run's seed
-    model = load_model(start_from, num_labels, model_args.dropout)
+    model_args = args.model
+    training = dataclasses.replace(args.training, seed=spec["seed"])
+    set_seed(training.seed)  # the head's initialisation follows the run's seed
+    start_from = model_args.init_from or model_args.model
+    model = load_model(start_from, get_task(spec["task"]).num_labels, model_args.dropout)
     best = BestEpoch()
     callbacks: list[TrainerCallback] = [best]
     if model_args.patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=model_args.patience))
     trainer = SCLTrainer(
         model=model,
-        args=args,
+        args=training,
         train_dataset=train,
         eval_dataset=validation,
         processing_class=tokenizer,
@@ -182,7 +180,7 @@ def train_and_score(
         scl_micro_batch_size=model_args.micro_batch_size,
         scl_gather_distributed=model_args.gather_distributed,  # no effect in a single process
     )
-    if args.disable_tqdm:
+    if training.disable_tqdm:
         trainer.remove_callback(PrinterCallback)
     trainer.train()
     scored = trainer.predict(test)
@@ -197,5 +195,5 @@ def train_and_score(
         train_loss_last_epoch=best.train_loss,
         wall_s=round(time.perf_counter() - started, 3),
     )
-    phi = first_token_embeddings(trainer, test) if features else None
+    phi = first_token_embeddings(trainer, test) if args.execution.save_embeddings else None
     return RunOutcome(metrics, trainer, phi)
