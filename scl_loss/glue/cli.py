@@ -56,7 +56,7 @@ def parse(types: Sequence[Any], argv: Sequence[str], prog: str = "scl-glue") -> 
     return parser.parse_args_into_dataclasses(list(argv), look_for_args_file=False)
 
 
-def _split(data: DataArguments, sample: SampleArguments, split: SplitArguments) -> int:
+def _split(split: SplitArguments, sample: SampleArguments, data: DataArguments) -> int:
     from scl_loss.glue.data import load_task_data, make_split, split_to_json
     from scl_loss.glue.tasks import get_task
 
@@ -96,11 +96,7 @@ def _run(*parsed: Any) -> int:
     try:
         stats = execute(args)
     except KeyboardInterrupt:
-        journal = args.execution.journal
-        print(
-            f"interrupted: finished runs are in {journal}; run the same command again to resume",
-            file=sys.stderr,
-        )
+        print(f"interrupted: finished runs are in {args.execution.journal}; rerun to resume", file=sys.stderr)
         return 130
     if args.training.process_index == 0:
         print(f"done: {stats.finished} new runs, {stats.skipped} skipped, journal {args.execution.journal}")
@@ -129,7 +125,7 @@ def _merge(args: MergeArguments) -> int:
     return 0
 
 
-def _augment(data: DataArguments, args: AugmentArguments) -> int:
+def _augment(args: AugmentArguments, data: DataArguments) -> int:
     from scl_loss.glue.augment import augment_rows, marian_translator, write_augmented
     from scl_loss.glue.data import load_task_data, read_split
     from scl_loss.glue.tasks import get_task
@@ -145,21 +141,15 @@ def _augment(data: DataArguments, args: AugmentArguments) -> int:
     forward = marian_translator(args.en_de, device=args.device)
     backward = marian_translator(args.de_en, device=args.device)
     for temperature in args.temperatures:
-        items = augment_rows(
-            train,
-            rows,
-            forward=forward,
-            backward=backward,
-            temperature=temperature,
-            copies=args.copies,
-            seed=args.seed,
-        )
+        options = {"temperature": temperature, "copies": args.copies, "seed": args.seed}
+        items = augment_rows(train, rows, forward=forward, backward=backward, **options)
         target = Path(args.out) / f"augmented-T{temperature:g}.jsonl"
         write_augmented(target, items)
         print(f"T={temperature:g}: {len(items)} paraphrases of {len(rows)} rows -> {target}")
     return 0
 
 
+# Each command: its option dataclasses (the first one's docstring is the command's summary) and handler.
 RUN = (
     GridArguments,
     SampleArguments,
@@ -168,34 +158,26 @@ RUN = (
     ExecutionArguments,
     GlueTrainingArguments,
 )
-COMMANDS: dict[str, tuple[str, tuple[Any, ...], Callable[..., int]]] = {
-    "split": (
-        "write the protocol's test/validation/training rows as JSON",
-        (DataArguments, SampleArguments, SplitArguments),
-        _split,
-    ),
-    "run": ("train one run or a whole grid; results go to a resumable journal", RUN, _run),
-    "report": (
-        "journal(s) → the paper's tables (Markdown, CSV) and tSNE figures",
-        (ReportArguments,),
-        _report,
-    ),
-    "merge": ("merge journals (one record per run)", (MergeArguments,), _merge),
-    "augment": (
-        "back-translate training rows (en→de→en) into noisy paraphrases",
-        (DataArguments, AugmentArguments),
-        _augment,
-    ),
+COMMANDS: dict[str, tuple[tuple[Any, ...], Callable[..., int]]] = {
+    "split": ((SplitArguments, SampleArguments, DataArguments), _split),
+    "run": (RUN, _run),
+    "report": ((ReportArguments,), _report),
+    "merge": ((MergeArguments,), _merge),
+    "augment": ((AugmentArguments, DataArguments), _augment),
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    top = argparse.ArgumentParser(prog="scl-glue", description=__doc__.splitlines()[0])
+    about = "The GLUE protocol of Gunel et al. (2020) on SCLTrainer; docs/glue.md has the paper's commands."
+    top = argparse.ArgumentParser(
+        prog="scl-glue", description=about, epilog="scl-glue COMMAND --help: its options"
+    )
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (summary, _, _) in COMMANDS.items():
+    for name, (types, _) in COMMANDS.items():
+        summary = types[0].__doc__.split(": ", 1)[-1]
         commands.add_parser(name, help=summary, add_help=False)  # the command's own parser has --help
     known, rest = top.parse_known_args(sys.argv[1:] if argv is None else [str(a) for a in argv])
-    _, types, handler = COMMANDS[known.command]
+    types, handler = COMMANDS[known.command]
     try:
         return handler(*parse(types, rest, prog=f"scl-glue {known.command}"))
     except (ValueError, FileNotFoundError) as err:  # bad data or options: the message says what and where

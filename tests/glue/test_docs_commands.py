@@ -36,7 +36,7 @@ CASES = [(doc, argv) for doc in ("README.md", "docs/glue.md") for argv in comman
 @pytest.mark.parametrize(("doc", "argv"), CASES, ids=[f"{d}:{' '.join(a[:3])}" for d, a in CASES])
 def test_documented_command_parses(doc, argv):
     command, *options = argv
-    _, types, _ = COMMANDS[command]
+    types, _ = COMMANDS[command]
     parsed = parse(types, options)
     assert len(parsed) == len(types)
 
