@@ -38,6 +38,7 @@ def _trainer(folder, data_dir, tmp_path, accuracies, callbacks, **options):
         learning_rate=1e-2,
         per_device_train_batch_size=8,
         disable_tqdm=True,
+        dataloader_pin_memory=False,  # no GPU here: pinning would only warn
         **options,
     )
     return SCLTrainer(
