@@ -47,8 +47,8 @@ class DataFormatError(ValueError):
         super().__init__(f"{path}:{where}: expected {expected}{detail}")
 
 
-def features_of(task: Task) -> Features:
-    """The columns every task dataset has."""
+def schema_of(task: Task) -> Features:
+    """The columns (a ``datasets.Features`` schema) every task dataset has."""
     texts = ["text_a", "text_b"] if task.pair else ["text_a"]
     return Features(
         {**{t: Value("string") for t in texts}, "label": ClassLabel(names=list(task.label_names))}
@@ -96,7 +96,7 @@ def to_task_dataset(raw: Dataset, task: Task, path: Path | str, layout: Headerle
         pairs = zip((t.strip() for t in texts(task.title)), out["text_a"], strict=True)
         out["text_a"] = [f"{t} {x}" if t[-1:] in ".!?" else f"{t}. {x}" if t else x for t, x in pairs]
     out["label"] = [_label(v, task, base, path, i) for i, v in enumerate(raw[str(found["label"])][:])]
-    return Dataset.from_dict(out).cast(features_of(task))  # cast: faster than encoding row by row
+    return Dataset.from_dict(out).cast(schema_of(task))  # cast: faster than encoding row by row
 
 
 def _load(builder: str, path: Path, **options: Any) -> Dataset:

@@ -171,7 +171,10 @@ def _size(setting: Setting) -> str:
     return str(setting.shots) if setting.shots is not None else f"{setting.per_class}/class"
 
 
-Table = tuple[str, list[str], list[list[str]]]  # title, header, rows
+class Table(NamedTuple):
+    title: str
+    header: list[str]
+    rows: list[list[str]]
 
 
 def build_tables(selections: list[Selection]) -> dict[str, Table]:
@@ -199,7 +202,7 @@ def build_tables(selections: list[Selection]) -> dict[str, Table]:
                 row.append("–" if sel is None else _pct(sel.extra[str(m)]))
             rows.append(row)
         title = "Table 2: full training data, test accuracy of the best-of-seeds model by validation accuracy"
-        tables["table2"] = (title, header, rows)
+        tables["table2"] = Table(title, header, rows)
 
     def loss_rows(chosen: list[Setting], lead: Any) -> list[list[str]]:
         rows = []
@@ -211,19 +214,19 @@ def build_tables(selections: list[Selection]) -> dict[str, Table]:
 
     few = [st for st in settings if st.regime == "fewshot"]
     if plain := [st for st in few if st.augment is None and st.init is None]:
-        tables["table4"] = (
+        tables["table4"] = Table(
             "Table 4: few-shot, mean ± std test accuracy of the top-3 of the training samples",
             ["Task", "N", "CE", "CE+SCL", "Δ"],
             loss_rows(plain, lambda st: [get_task(st.task).display, _size(st)]),
         )
     if noise := [st for st in few if st.augment is not None and st.init is None]:
-        tables["table5"] = (
+        tables["table5"] = Table(
             "Table 5: noisy (back-translated) training sets, mean ± std test accuracy of the top-3",
             ["Task", "N", "T", "CE", "CE+SCL", "Δ"],
             loss_rows(noise, lambda st: [get_task(st.task).display, _size(st), str(st.augment)]),
         )
     if transfer := [st for st in settings if st.init is not None]:
-        tables["table7"] = (
+        tables["table7"] = Table(
             "Table 7: transfer from a fine-tuned SST-2 model, mean ± std test accuracy of the top-3",
             ["Target", "N", "Start", "CE", "CE+SCL", "Δ"],
             loss_rows(

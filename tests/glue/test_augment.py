@@ -6,13 +6,13 @@ import pytest
 from datasets import Dataset
 
 from scl_loss.glue.augment import augment_rows, marian_translator
-from scl_loss.glue.data import DataFormatError, features_of, load_augmented, with_paraphrases
+from scl_loss.glue.data import DataFormatError, load_augmented, schema_of, with_paraphrases
 from scl_loss.glue.tasks import get_task
 
 
 def test_augment_rows_paraphrases_both_texts_of_each_row():
     rows = {"text_a": [f"a{i}" for i in range(6)], "text_b": [f"b{i}" for i in range(6)], "label": [0, 1] * 3}
-    train = Dataset.from_dict(rows, features=features_of(get_task("rte")))
+    train = Dataset.from_dict(rows, features=schema_of(get_task("rte")))
     seen = []
 
     def forward(texts, temperature):
@@ -33,7 +33,7 @@ def test_augment_rows_paraphrases_both_texts_of_each_row():
 
 def test_paraphrases_join_their_rows_with_the_original_label(tmp_path):
     train = Dataset.from_dict(
-        {"text_a": ["good", "bad"], "label": [1, 0]}, features=features_of(get_task("sst2"))
+        {"text_a": ["good", "bad"], "label": [1, 0]}, features=schema_of(get_task("sst2"))
     )
     path = tmp_path / "aug.jsonl"
     path.write_text(
@@ -43,7 +43,7 @@ def test_paraphrases_join_their_rows_with_the_original_label(tmp_path):
     assert got[:] == {"text_a": ["bad", "poor", "awful"], "label": [0, 0, 0]}
     pair = Dataset.from_dict(
         {"text_a": ["q0", "q1"], "text_b": ["s0", "s1"], "label": [0, 1]},
-        features=features_of(get_task("rte")),
+        features=schema_of(get_task("rte")),
     )
     path.write_text('{"row": 1, "text_a": "Q1", "text_b": "S1"}\n{"row": 1, "text_a": "Q1 again"}\n')
     got = with_paraphrases(pair, [1], load_augmented(path))  # a missing text_b keeps the original's
