@@ -644,3 +644,36 @@ def test_ddp_two_ranks_equal_one_process_with_one_all_reduce(ddp_results, case):
         f"--- rank {r} ---\n{res[case]}" for r, res in enumerate(ddp_results) if res.get(case, "missing")
     ]
     assert not failures, "\n".join(failures)
+
+
+# --- the benchmark's machinery (benchmarks/cached_step.py; not timed here) ---------------------
+
+
+def test_largest_batch_search_finds_the_boundary_and_the_cap():
+    from benchmarks.cached_step import _search
+
+    def trial(limit):
+        return lambda b: {"batch": b, "fits": b <= limit, "peak_extra_bytes": b, "seconds": 0.0}
+
+    found = _search(trial(100), start=8, cap=4096, resolution=2)
+    assert 98 <= found["largest_batch"] <= 100
+    assert not found["reached_cap"]
+    assert [t["batch"] for t in found["trials"]][:6] == [8, 16, 32, 64, 128, 96]
+    capped = _search(trial(10**9), start=8, cap=100, resolution=2)
+    assert capped["largest_batch"] == 100
+    assert capped["reached_cap"]
+    assert _search(trial(4), start=8, cap=100, resolution=2)["largest_batch"] == 4  # below the start
+    assert _search(trial(0), start=8, cap=100, resolution=2)["largest_batch"] == 0
+
+
+def test_benchmark_steps_compute_the_same_loss_and_gradient():
+    pytest.importorskip("transformers")
+    from benchmarks.cached_step import make_step, mpnet_base
+
+    model = mpnet_base(smoke=True).double().eval()  # eval: no dropout, so plain == cached
+    losses, grads = [], []
+    for micro in (None, 5):
+        losses.append(make_step(model, 12, 8, micro, "cpu")())
+        grads.append(take_grads(model))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-12)
+    assert_grads_equal(grads[1], grads[0])
