@@ -112,7 +112,14 @@ def _child(mode: str, batch: int, micro_batch_size: int, seq_len: int, repeats: 
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    return {"mode": mode, "loss": loss, "peak_extra_bytes": peak, "first_step_s": first, "times_s": times}
+    return {
+        "mode": mode,
+        "threads": torch.get_num_threads(),
+        "loss": loss,
+        "peak_extra_bytes": peak,
+        "first_step_s": first,
+        "times_s": times,
+    }
 
 
 def run_step_benchmark(
@@ -162,7 +169,8 @@ def step_markdown(result: dict[str, Any]) -> str:
     s, env = result["setting"], result["environment"]
     rows = [
         f"{s['model']}, batch {s['batch']} × {s['seq_len']} tokens, micro-batch {s['micro_batch_size']}, "
-        f"{env['device_name']}, {env['threads']} threads, torch {env['torch_version']}, "
+        f"{env['device_name']}, {result['plain'].get('threads', env['threads'])} threads, "
+        f"torch {env['torch_version']}, "
         f"load average {env['loadavg_1m']:.2f} at the start, {result['date']}",
         "",
         "| step | peak extra memory | time (fastest of the timed steps) | first step |",
@@ -365,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--micro-batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2, help="timed steps after the measured one")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON record here")
     parser.add_argument("--largest-batch", action="store_true", help="the largest-batch search instead")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -383,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
         result = largest_batch_report(device, budget_gib=args.budget_gib, cap=args.cap, smoke=args.cpu_smoke)
         text = largest_batch_markdown(result)
     else:
-        result = run_step_benchmark(args.batch, args.micro_batch, args.seq_len, args.repeats)
+        result = run_step_benchmark(args.batch, args.micro_batch, args.seq_len, args.repeats, args.threads)
         text = step_markdown(result)
     print(text)
     if args.out is not None:
