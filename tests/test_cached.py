@@ -532,6 +532,18 @@ def test_transformer_without_dropout_equals_the_plain_full_batch_step(bert, kind
     assert_grads_equal(take_grads(model), plain)
 
 
+def test_transformer_with_gradient_checkpointing_inside(bert):
+    """The model's own activation checkpointing (which replays RNG itself) composes with caching."""
+    model = bert(0.2)
+    options = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:  # its name in transformers releases before the rename
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+    inputs, labels = bert_batch(10)
+    compare(model, inputs, labels, "scl_ce", 4, forward=bert_forward(model, with_logits=True))
+
+
 @settings(max_examples=8)
 @given(n=st.integers(1, 9), micro_batch_size=st.integers(1, 10), seed=st.integers(0, 1000))
 def test_transformer_property(bert, n, micro_batch_size, seed):
