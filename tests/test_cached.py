@@ -30,6 +30,15 @@ IN_DIM, HIDDEN, DIM, CLASSES = 6, 12, 5, 3
 REL = 1e-10
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models: one intra-op thread avoids OpenMP barrier stalls on a shared 2-core runner."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class Net(nn.Module):
     """An encoder with dropout whose Φ feeds both the SCL term and a linear head."""
 
@@ -544,7 +553,7 @@ def test_transformer_with_gradient_checkpointing_inside(bert):
     compare(model, inputs, labels, "scl_ce", 4, forward=bert_forward(model, with_logits=True))
 
 
-@settings(max_examples=8)
+@settings(max_examples=15)
 @given(n=st.integers(1, 9), micro_batch_size=st.integers(1, 10), seed=st.integers(0, 1000))
 def test_transformer_property(bert, n, micro_batch_size, seed):
     model = bert(0.1)
