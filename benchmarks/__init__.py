@@ -2,5 +2,5 @@
 
 Collected only when asked: ``pytest benchmarks/test_supcon_bench.py`` (see docs/benchmarks.md).
 The normal test suite (``pytest``) runs only ``tests/`` and the doctests. Name the file, not
-the folder: ``benchmarks/experiments/`` (GLUE experiments) is another job.
+the folder. (The GLUE experiments live in ``experiments/``.)
 """

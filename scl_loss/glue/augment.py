@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from scl_loss.glue.loaders import Example
+from datasets import Dataset
 
 __all__ = ["augment_rows", "marian_translator", "write_augmented"]
 
@@ -59,7 +58,7 @@ def marian_translator(
 
 
 def augment_rows(
-    train: Sequence[Example],
+    train: Dataset,
     rows: Sequence[int],
     *,
     forward: Translate,
@@ -79,10 +78,9 @@ def augment_rows(
         torch.manual_seed(seed * 1000 + copy)
         paraphrases = {}
         for field in ("text_a", "text_b"):
-            texts = [getattr(train[r], field) for r in unique]
-            if texts and texts[0] is None:
-                continue
-            paraphrases[field] = backward(forward(texts, temperature), temperature)
+            if field in train.column_names:
+                texts = train.select(unique)[field][:]
+                paraphrases[field] = backward(forward(texts, temperature), temperature)
         for j, row in enumerate(unique):
             item: dict[str, Any] = {"row": row, "copy": copy, "temperature": temperature}
             item.update({field: texts[j] for field, texts in paraphrases.items()})

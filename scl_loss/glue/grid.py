@@ -1,24 +1,53 @@
-"""The grid of runs: tasks × regime × size × (CE + λ × τ) × samples or seeds.
+"""The grid of runs: tasks × sizes × (CE + λ × τ) × samples or seeds, one JSON-able *spec* per run.
 
-Every run is described by a JSON-able *spec*; its key is a hash of the spec, so re-running the
-same command skips the runs already in the journal, and a changed setting makes a new run.
+A run's key is a hash of its spec, so re-running a command skips the runs already in the
+journal and a changed setting makes a new run. Nothing in a spec depends on where files lie:
+a local model is named by a hash of its files, data by folder and file names.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scl_loss.glue.data import DataSource, load_augmented
+from scl_loss.glue.arguments import (
+    DataArguments,
+    ExecutionArguments,
+    GlueTrainingArguments,
+    GridArguments,
+    ModelArguments,
+    SampleArguments,
+)
+from scl_loss.glue.data import describe, load_augmented
 from scl_loss.glue.tasks import get_task
-from scl_loss.glue.training import TrainSettings
 
-__all__ = ["RUN_INFO", "GridConfig", "expand_grid", "run_key"]
+__all__ = ["RUN_INFO", "RunArguments", "expand_grid", "model_id", "run_key"]
 
 RUN_INFO = "scl_glue_run.json"  # written next to a saved model: the spec that produced it
+# TrainingArguments fields that change what a run computes; they are part of its key.
+TRAINING_FIELDS = (
+    *("learning_rate", "lr_scheduler_type", "warmup_steps", "max_steps", "num_train_epochs"),
+    *("optim", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm"),
+    *("per_device_train_batch_size", "gradient_accumulation_steps", "label_smoothing_factor"),
+    *("bf16", "fp16", "eval_strategy", "eval_steps", "metric_for_best_model"),
+)
+
+
+@dataclass
+class RunArguments:
+    """Everything ``run`` was given, in the order ``HfArgumentParser`` fills it."""
+
+    grid: GridArguments
+    sample: SampleArguments
+    data: DataArguments
+    model: ModelArguments
+    execution: ExecutionArguments
+    training: GlueTrainingArguments
 
 
 def run_key(spec: dict[str, Any]) -> str:
@@ -26,46 +55,37 @@ def run_key(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-@dataclass
-class GridConfig:
-    """Everything a ``run`` command expands into runs. See ``docs/glue.md`` for each option."""
+@functools.cache
+def model_id(name_or_path: str) -> str:
+    """A hub name as it is; a local folder as ``sha256:`` + a hash of its config, weights and tokenizer files.
 
-    tasks: list[str]
-    source: DataSource = field(default_factory=DataSource)
-    model: str = "roberta-large"
-    regime: str = "fewshot"  # "full" or "fewshot"
-    shots: list[int] = field(default_factory=lambda: [20])
-    per_class: int | None = None
-    samples: int = 10  # few-shot: training samples per N
-    seeds: int = 10  # full data: seeds per combination
-    base_seed: int = 0
-    split_seed: int = 0
-    split_file: str | None = None
-    validation_size: int = 500
-    include_ce: bool = True
-    lambdas: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9, 1.0])
-    taus: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7])
-    init_from: str | None = None
-    augment: str | None = None
-    settings: TrainSettings = field(default_factory=TrainSettings)
-
-    def __post_init__(self) -> None:
-        if self.regime not in ("full", "fewshot"):
-            raise ValueError(f"regime must be 'full' or 'fewshot', got {self.regime!r}")
-        for name in self.tasks:
-            get_task(name)
-        if self.regime == "fewshot" and not self.shots and self.per_class is None:
-            raise ValueError("fewshot regime needs shots (N) or per_class")
-        if self.samples < 1 or self.seeds < 1:
-            raise ValueError(f"samples and seeds must be >= 1, got {self.samples}, {self.seeds}")
+    Example:
+        >>> model_id("roberta-large")
+        'roberta-large'
+    """
+    folder = Path(name_or_path)
+    if not folder.is_dir():
+        return name_or_path
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if (
+            path.is_file()
+            and path.suffix in (".json", ".safetensors", ".bin", ".txt", ".model")
+            and path.name != RUN_INFO
+        ):
+            digest.update(path.name.encode())
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 24), b""):
+                    digest.update(block)
+    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 def init_info(init_from: str | None) -> dict[str, Any] | None:
-    """What the starting checkpoint was trained with (read from its ``scl_glue_run.json``)."""
+    """The starting checkpoint: its hash, and what it was trained with (its ``scl_glue_run.json``)."""
     if init_from is None:
         return None
+    info: dict[str, Any] = {"model": model_id(init_from)}
     info_path = Path(init_from) / RUN_INFO
-    info: dict[str, Any] = {"path": str(init_from)}
     if info_path.is_file():
         spec = json.loads(info_path.read_text(encoding="utf-8"))["spec"]
         info.update(task=spec["task"], loss=spec["loss"], **{"lambda": spec["lambda"], "tau": spec["tau"]})
@@ -76,49 +96,52 @@ def augment_info(path: str | None) -> dict[str, Any] | None:
     if path is None:
         return None
     rows = load_augmented(path)
-    temps = {r.get("temperature") for r in rows}
-    return {"file": Path(path).name, "temperature": temps.pop() if len(temps) == 1 else None}
+    temperatures = set(rows.unique("temperature")) if "temperature" in rows.column_names else set()
+    return {"file": Path(path).name, "temperature": temperatures.pop() if len(temperatures) == 1 else None}
 
 
-def expand_grid(config: GridConfig) -> list[dict[str, Any]]:
+def settings(args: RunArguments) -> dict[str, Any]:
+    """The training settings of every run (part of its key)."""
+    found = {name: getattr(args.training, name) for name in TRAINING_FIELDS}
+    found = {k: getattr(v, "value", v) for k, v in found.items()}  # enums as their strings
+    ours = {k: v for k, v in dataclasses.asdict(args.model).items() if k not in ("model", "init_from")}
+    return {**found, **ours, "world_size": args.training.world_size}
+
+
+def expand_grid(args: RunArguments) -> list[dict[str, Any]]:
     """Every run spec of the grid, in a stable order (shards take every n-th)."""
-    losses: list[tuple[str, float | None, float | None]] = [("ce", None, None)] if config.include_ce else []
-    losses += [("scl", lam, tau) for lam in config.lambdas for tau in config.taus]
+    grid, sample = args.grid, args.sample
+    losses: list[tuple[str, float | None, float | None]] = [("ce", None, None)] if grid.ce else []
+    if not grid.ce_only:
+        losses += [("scl", lam, tau) for lam in grid.lambdas for tau in grid.taus]
     if not losses:
         raise ValueError("the grid has no loss: give lambdas and taus, or keep CE")
-    if config.regime == "full":
+    if sample.regime == "full":
         sizes: list[tuple[int | None, int | None]] = [(None, None)]
-    elif config.per_class is not None:
-        sizes = [(None, config.per_class)]
+    elif sample.per_class is not None:
+        sizes = [(None, sample.per_class)]
     else:
-        sizes = [(n, None) for n in config.shots]
-    repeats = config.seeds if config.regime == "full" else config.samples
+        sizes = [(n, None) for n in sample.shots]
+    repeats = grid.seeds if sample.regime == "full" else sample.samples
     common = {
-        "regime": config.regime,
-        "model": config.model,
-        "data": config.source.describe(),
-        "split_seed": config.split_seed,
-        "split_file": Path(config.split_file).name if config.split_file else None,
-        "validation_size": config.validation_size,
-        "init": init_info(config.init_from),
-        "augment": augment_info(config.augment),
-        "settings": config.settings.as_dict(),
+        "regime": sample.regime,
+        "model": model_id(args.model.model),
+        "split_seed": sample.split_seed,
+        "split_file": Path(grid.split).name if grid.split else None,
+        "validation_size": sample.validation_size,
+        "init": init_info(args.model.init_from),
+        "augment": augment_info(grid.augment),
+        "settings": settings(args),
     }
     specs = []
-    for task in config.tasks:
+    for name in grid.tasks:
+        task = get_task(name)
         for shots, per_class in sizes:
             for loss, lam, tau in losses:
                 for index in range(repeats):
-                    spec = {
-                        **common,
-                        "task": get_task(task).name,
-                        "shots": shots,
-                        "per_class": per_class,
-                        "sample": index,
-                        "seed": config.base_seed + index,
-                        "loss": loss,
-                        "lambda": lam,
-                        "tau": tau,
-                    }
-                    specs.append(spec)
+                    spec = {**common, "task": task.name, "data": describe(args.data, task)}
+                    spec.update(
+                        shots=shots, per_class=per_class, sample=index, seed=args.training.seed + index
+                    )
+                    specs.append({**spec, "loss": loss, "lambda": lam, "tau": tau})
     return specs

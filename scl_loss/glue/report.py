@@ -20,23 +20,44 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from scl_loss.glue.tasks import GLUE_TASKS, get_task
 
-__all__ = ["Selection", "select", "write_report"]
+__all__ = ["Combination", "Selection", "Setting", "combination_of", "select", "setting_of", "write_report"]
 
 TOP_K = 3
+
+
+class Setting(NamedTuple):
+    """What makes runs comparable (a table row): runs of different settings are never pooled."""
+
+    task: str
+    regime: str
+    shots: int | None
+    per_class: int | None
+    augment: Any  # the paraphrases' temperature (or file), None without
+    init: Any  # the starting model's loss (or hash), None from the pre-trained encoder
+    model: str
+    data: str  # data, split seed, split file, validation size: runs with other test sets never pool
+
+
+class Combination(NamedTuple):
+    """What the selection chooses between: the loss, λ, τ and the training settings (epochs, lr, ...)."""
+
+    loss: str
+    lambda_: float | None
+    tau: float | None
+    settings: str
 
 
 @dataclass
 class Selection:
     """The chosen combination of one setting and loss family, and its reported numbers."""
 
-    setting: tuple[Any, ...]
+    setting: Setting
     loss: str
     lambda_: float | None
     tau: float | None
@@ -49,79 +70,81 @@ class Selection:
     used: list[dict[str, Any]]
 
 
-def setting_of(spec: dict[str, Any]) -> tuple[Any, ...]:
-    """What makes runs comparable: task, regime, size, augmentation, starting model."""
-    augment = spec.get("augment")
-    init = spec.get("init")
-    aug_tag = None if augment is None else (augment.get("temperature") or augment.get("file"))
-    init_tag = None if init is None else (init.get("loss") or init.get("path"))
-    # Runs on different data or splits have different test sets: never pooled.
-    data = json.dumps({k: spec.get(k) for k in ("data", "split_seed", "split_file", "validation_size")})
-    return (
+def setting_of(spec: dict[str, Any]) -> Setting:
+    augment, init = spec.get("augment"), spec.get("init")
+    return Setting(
         spec["task"],
         spec["regime"],
         spec["shots"],
         spec["per_class"],
-        aug_tag,
-        init_tag,
+        None if augment is None else (augment.get("temperature") or augment.get("file")),
+        None if init is None else (init.get("loss") or init.get("model")),
         spec["model"],
-        data,
+        json.dumps({k: spec.get(k) for k in ("data", "split_seed", "split_file", "validation_size")}),
     )
 
 
-def combination_of(spec: dict[str, Any]) -> tuple[str, Any, Any, str]:
-    """What the selection chooses between: the loss, λ, τ and the training settings (epochs, lr, ...)."""
-    return (spec["loss"], spec["lambda"], spec["tau"], json.dumps(spec.get("settings"), sort_keys=True))
+def combination_of(spec: dict[str, Any]) -> Combination:
+    return Combination(
+        spec["loss"], spec["lambda"], spec["tau"], json.dumps(spec.get("settings"), sort_keys=True)
+    )
 
 
-def _mean(values: Iterable[float]) -> float:
-    return statistics.fmean(values)
+class _Candidate(NamedTuple):
+    val: float  # mean validation accuracy of the runs used
+    lambda_: float
+    tau: float
+    used: list[dict[str, Any]]
+    runs: int
 
 
 def select(records: list[dict[str, Any]], top_k: int = TOP_K) -> list[Selection]:
     """Apply the selection rules to every setting × loss family present."""
-    groups: dict[tuple[Any, ...], dict[tuple[str, Any, Any, str], list[dict[str, Any]]]] = {}
+    groups: dict[Setting, dict[Combination, list[dict[str, Any]]]] = {}
     for record in records:
         spec = record["spec"]
         groups.setdefault(setting_of(spec), {}).setdefault(combination_of(spec), []).append(record)
     out = []
-    for setting, combos in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        full = setting[1] == "full"
+    for setting, combos in sorted(groups.items(), key=lambda kv: str(tuple(kv[0]))):
+        full = setting.regime == "full"
         for family in ("ce", "scl"):
             candidates = []
-            for (loss, lam, tau, _), runs in combos.items():
-                if loss != family:
+            for combo, runs in combos.items():
+                if combo.loss != family:
                     continue
                 ranked = sorted(runs, key=lambda r: (-r["result"]["val_acc"], r["spec"]["sample"]))
                 used = ranked if full else ranked[:top_k]
-                candidates.append(
-                    (_mean(r["result"]["val_acc"] for r in used), lam or 0.0, tau or 0.0, used, len(runs))
-                )
+                val = statistics.fmean(r["result"]["val_acc"] for r in used)
+                candidates.append(_Candidate(val, combo.lambda_ or 0.0, combo.tau or 0.0, used, len(runs)))
             if not candidates:
                 continue
-            val, lam, tau, used, n = max(candidates, key=lambda c: (c[0], -c[1], -c[2]))
-            best = used[0]
+            # the best validation score; ties go to the smaller λ, then the smaller τ
+            chosen = max(candidates, key=lambda c: (c.val, -c.lambda_, -c.tau))
+            best = chosen.used[0]
             if full:
                 test, std = best["result"]["test_acc"], None
                 extra = {k: best["result"][f"test_{k}"] for k in ("mcc", "f1")}
             else:
-                tests = [r["result"]["test_acc"] for r in used]
-                test = _mean(tests)
+                tests = [r["result"]["test_acc"] for r in chosen.used]
+                test = statistics.fmean(tests)
                 std = statistics.stdev(tests) if len(tests) > 1 else 0.0
-                extra = {k: _mean(r["result"][f"test_{k}"] for r in used) for k in ("mcc", "f1")}
+                extra = {
+                    k: statistics.fmean(r["result"][f"test_{k}"] for r in chosen.used) for k in ("mcc", "f1")
+                }
+            scl = family == "scl"
             out.append(
                 Selection(
-                    setting,
-                    family,
-                    lam if family == "scl" else None,
-                    tau if family == "scl" else None,
-                    n,
-                    val,
-                    test,
-                    std,
-                    extra,
-                    best,
-                    used,
+                    setting=setting,
+                    loss=family,
+                    lambda_=chosen.lambda_ if scl else None,
+                    tau=chosen.tau if scl else None,
+                    runs=chosen.runs,
+                    val=chosen.val,
+                    test=test,
+                    test_std=std,
+                    extra=extra,
+                    best_record=best,
+                    used=chosen.used,
                 )
             )
     return out
@@ -144,47 +167,44 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _size(setting: tuple[Any, ...]) -> str:
-    return str(setting[2]) if setting[2] is not None else f"{setting[3]}/class"
+def _size(setting: Setting) -> str:
+    return str(setting.shots) if setting.shots is not None else f"{setting.per_class}/class"
 
 
-def build_tables(selections: list[Selection]) -> dict[str, tuple[str, list[str], list[list[str]]]]:
+class Table(NamedTuple):
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+
+
+def build_tables(selections: list[Selection]) -> dict[str, Table]:
     """``{table id: (title, header, rows)}`` for every table that has data."""
     by = {(s.setting, s.loss): s for s in selections}
-    settings = sorted({s.setting for s in selections}, key=str)
-    tables: dict[str, tuple[str, list[str], list[list[str]]]] = {}
+    settings = sorted({s.setting for s in selections}, key=lambda st: str(tuple(st)))
+    tables: dict[str, Table] = {}
 
-    full = [st for st in settings if st[1] == "full" and st[4] is None and st[5] is None]
+    full = [st for st in settings if st.regime == "full" and st.augment is None and st.init is None]
     if full:
-        tasks = [t for t in GLUE_TASKS if any(st[0] == t for st in full)]
-        tasks += sorted({st[0] for st in full} - set(tasks))
+        tasks = [t for t in GLUE_TASKS if any(st.task == t for st in full)]
+        tasks += sorted({st.task for st in full} - set(tasks))
+        extras = [(t, get_task(t).metric) for t in tasks if get_task(t).metric]
         header = ["Loss", *(get_task(t).display for t in tasks)]
-        extras = [(t, m) for t, m in (("cola", "mcc"), ("mrpc", "f1")) if t in tasks]
-        header += [f"{get_task(t).display} {m.upper()}" for t, m in extras]
+        header += [f"{get_task(t).display} {str(m).upper()}" for t, m in extras]
         rows = []
         for loss, name in (("ce", "CE"), ("scl", "CE+SCL")):
-            row = [name]
-            for t in tasks:
-                row.append(_cell(next((by.get((st, loss)) for st in full if st[0] == t), None)))
+
+            def chosen(task: str, loss: str = loss) -> Selection | None:
+                return next((by.get((st, loss)) for st in full if st.task == task), None)
+
+            row = [name, *(_cell(chosen(t)) for t in tasks)]
             for t, m in extras:
-                sel = next((by.get((st, loss)) for st in full if st[0] == t), None)
-                row.append("–" if sel is None else _pct(sel.extra[m]))
+                sel = chosen(t)
+                row.append("–" if sel is None else _pct(sel.extra[str(m)]))
             rows.append(row)
-        tables["table2"] = (
-            "Table 2: full training data, test accuracy of the best-of-seeds model by validation accuracy",
-            header,
-            rows,
-        )
+        title = "Table 2: full training data, test accuracy of the best-of-seeds model by validation accuracy"
+        tables["table2"] = Table(title, header, rows)
 
-    def few(kind: str) -> list[tuple[Any, ...]]:
-        chosen = [st for st in settings if st[1] == "fewshot"]
-        if kind == "plain":
-            return [st for st in chosen if st[4] is None and st[5] is None]
-        if kind == "noise":
-            return [st for st in chosen if st[4] is not None and st[5] is None]
-        return [st for st in settings if st[5] is not None]
-
-    def loss_rows(chosen: list[tuple[Any, ...]], lead: Any) -> list[list[str]]:
+    def loss_rows(chosen: list[Setting], lead: Any) -> list[list[str]]:
         rows = []
         for st in chosen:
             ce, scl = by.get((st, "ce")), by.get((st, "scl"))
@@ -192,26 +212,26 @@ def build_tables(selections: list[Selection]) -> dict[str, tuple[str, list[str],
             rows.append([*lead(st), _cell(ce), _cell(scl), delta])
         return rows
 
-    if plain := few("plain"):
-        rows = loss_rows(plain, lambda st: [get_task(st[0]).display, _size(st)])
-        tables["table4"] = (
+    few = [st for st in settings if st.regime == "fewshot"]
+    if plain := [st for st in few if st.augment is None and st.init is None]:
+        tables["table4"] = Table(
             "Table 4: few-shot, mean ± std test accuracy of the top-3 of the training samples",
             ["Task", "N", "CE", "CE+SCL", "Δ"],
-            rows,
+            loss_rows(plain, lambda st: [get_task(st.task).display, _size(st)]),
         )
-    if noise := few("noise"):
-        rows = loss_rows(noise, lambda st: [get_task(st[0]).display, _size(st), str(st[4])])
-        tables["table5"] = (
+    if noise := [st for st in few if st.augment is not None and st.init is None]:
+        tables["table5"] = Table(
             "Table 5: noisy (back-translated) training sets, mean ± std test accuracy of the top-3",
             ["Task", "N", "T", "CE", "CE+SCL", "Δ"],
-            rows,
+            loss_rows(noise, lambda st: [get_task(st.task).display, _size(st), str(st.augment)]),
         )
-    if transfer := few("transfer"):
-        rows = loss_rows(transfer, lambda st: [get_task(st[0]).display, _size(st), f"SST-2 model ({st[5]})"])
-        tables["table7"] = (
+    if transfer := [st for st in settings if st.init is not None]:
+        tables["table7"] = Table(
             "Table 7: transfer from a fine-tuned SST-2 model, mean ± std test accuracy of the top-3",
             ["Target", "N", "Start", "CE", "CE+SCL", "Δ"],
-            rows,
+            loss_rows(
+                transfer, lambda st: [get_task(st.task).display, _size(st), f"SST-2 model ({st.init})"]
+            ),
         )
     return tables
 
@@ -219,13 +239,7 @@ def build_tables(selections: list[Selection]) -> dict[str, tuple[str, list[str],
 def _csv_rows(selections: list[Selection]) -> list[dict[str, Any]]:
     return [
         {
-            "task": s.setting[0],
-            "regime": s.setting[1],
-            "shots": s.setting[2],
-            "per_class": s.setting[3],
-            "augment": s.setting[4],
-            "init": s.setting[5],
-            "model": s.setting[6],
+            **{name: getattr(s.setting, name) for name in Setting._fields if name != "data"},
             "loss": s.loss,
             "lambda": s.lambda_,
             "tau": s.tau,
@@ -237,7 +251,7 @@ def _csv_rows(selections: list[Selection]) -> list[dict[str, Any]]:
             "test_mcc": s.extra["mcc"],
             "test_f1": s.extra["f1"],
             "settings": json.dumps(s.best_record["spec"].get("settings"), sort_keys=True),
-            "data": s.setting[7],
+            "data": s.setting.data,
             "best_key": s.best_record["key"],
             "best_model_dir": s.best_record.get("model_dir"),
         }
@@ -247,7 +261,7 @@ def _csv_rows(selections: list[Selection]) -> list[dict[str, Any]]:
 
 def tsne_figures(selections: list[Selection], folder: Path) -> list[Path]:
     """One PNG per setting with embeddings for both losses: tSNE of test Φ, CE | CE+SCL."""
-    by: dict[tuple[Any, ...], dict[str, Selection]] = {}
+    by: dict[Setting, dict[str, Selection]] = {}
     for s in selections:
         by.setdefault(s.setting, {})[s.loss] = s
     written = []
@@ -262,6 +276,7 @@ def tsne_figures(selections: list[Selection], folder: Path) -> list[Path]:
         import numpy as np
         from sklearn.manifold import TSNE
 
+        task = get_task(setting.task)
         fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
         for ax, loss, title in zip(axes, ("ce", "scl"), ("CE", "CE+SCL"), strict=True):
             data = np.load(paths[loss])
@@ -272,27 +287,21 @@ def tsne_figures(selections: list[Selection], folder: Path) -> list[Path]:
             )
             for label in sorted(set(data["labels"].tolist())):
                 keep = data["labels"] == label
-                ax.scatter(
-                    points[keep, 0], points[keep, 1], s=6, label=get_task(setting[0]).label_names[label]
-                )
+                ax.scatter(points[keep, 0], points[keep, 1], s=6, label=task.label_names[label])
             ax.set_title(f"{title} (test acc {_pct(pair[loss].best_record['result']['test_acc'])})")
             ax.set_xticks([])
             ax.set_yticks([])
         axes[0].legend(loc="best", fontsize=8)
-        fig.suptitle(f"tSNE of test-set Φ: {get_task(setting[0]).display}, {setting[1]}, N={_size(setting)}")
+        fig.suptitle(f"tSNE of test-set Φ: {task.display}, {setting.regime}, N={_size(setting)}")
         fig.tight_layout()
-        name = "-".join(
-            str(x)
-            for x in (
-                setting[0],
-                setting[1],
-                _size(setting).replace("/", "per"),
-                setting[4] or "",
-                setting[5] or "",
-            )
-            if x != ""
+        parts = (
+            setting.task,
+            setting.regime,
+            _size(setting).replace("/", "per"),
+            setting.augment,
+            setting.init,
         )
-        target = folder / f"tsne-{name}.png"
+        target = folder / f"tsne-{'-'.join(str(x) for x in parts if x not in (None, ''))}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(target, dpi=120)
         plt.close(fig)
@@ -305,10 +314,9 @@ def write_report(records: list[dict[str, Any]], out: str | Path, *, figures: boo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     selections = select(records)
-    tables = build_tables(selections)
     written: dict[str, Path] = {}
     parts = [f"# Results ({len(records)} runs)\n"]
-    for name, (title, header, rows) in tables.items():
+    for name, (title, header, rows) in build_tables(selections).items():
         parts.append(f"## {title}\n\n{_markdown(header, rows)}\n")
         target = out / f"{name}.csv"
         with target.open("w", newline="", encoding="utf-8") as handle:

@@ -58,12 +58,15 @@ def write_sst2_like(folder: Path, n_train: int = 60, n_dev: int = 40, seed: int 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def save_tiny_model(folder: Path) -> Path:
     """A randomly initialised 2-layer BERT and a word-level tokenizer, built offline and saved."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     words = sorted(set(POSITIVE + NEGATIVE + FILLER + ["question", "answer", "premise", "hypothesis"]))
     vocab = {token: i for i, token in enumerate(specials + words)}

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from datasets import Dataset
 
 from scl_loss.glue.augment import augment_rows, marian_translator
-from scl_loss.glue.data import load_augmented, with_paraphrases
-from scl_loss.glue.loaders import Example
+from scl_loss.glue.data import DataFormatError, load_augmented, schema_of, with_paraphrases
+from scl_loss.glue.tasks import get_task
 
 
 def test_augment_rows_paraphrases_both_texts_of_each_row():
-    train = [Example(f"a{i}", f"b{i}", i % 2) for i in range(6)]
+    rows = {"text_a": [f"a{i}" for i in range(6)], "text_b": [f"b{i}" for i in range(6)], "label": [0, 1] * 3}
+    train = Dataset.from_dict(rows, features=schema_of(get_task("rte")))
     seen = []
 
     def forward(texts, temperature):
@@ -30,15 +32,24 @@ def test_augment_rows_paraphrases_both_texts_of_each_row():
 
 
 def test_paraphrases_join_their_rows_with_the_original_label(tmp_path):
-    train = [Example("good", None, 1), Example("bad", None, 0)]
+    train = Dataset.from_dict(
+        {"text_a": ["good", "bad"], "label": [1, 0]}, features=schema_of(get_task("sst2"))
+    )
     path = tmp_path / "aug.jsonl"
     path.write_text(
         '{"row": 1, "text_a": "poor"}\n{"row": 0, "text_a": "fine"}\n{"row": 1, "text_a": "awful"}\n'
     )
     got = with_paraphrases(train, [1], load_augmented(path))
-    assert got == [Example("bad", None, 0), Example("poor", None, 0), Example("awful", None, 0)]
+    assert got[:] == {"text_a": ["bad", "poor", "awful"], "label": [0, 0, 0]}
+    pair = Dataset.from_dict(
+        {"text_a": ["q0", "q1"], "text_b": ["s0", "s1"], "label": [0, 1]},
+        features=schema_of(get_task("rte")),
+    )
+    path.write_text('{"row": 1, "text_a": "Q1", "text_b": "S1"}\n{"row": 1, "text_a": "Q1 again"}\n')
+    got = with_paraphrases(pair, [1], load_augmented(path))  # a missing text_b keeps the original's
+    assert got[:] == {"text_a": ["q1", "Q1", "Q1 again"], "text_b": ["s1", "S1", "s1"], "label": [1, 1, 1]}
     path.write_text('{"text_a": "no row"}\n')
-    with pytest.raises(ValueError, match=r'aug\.jsonl:1: expected an object with an integer "row"'):
+    with pytest.raises(DataFormatError, match=r'aug\.jsonl:1: expected an object with an integer "row"'):
         load_augmented(path)
 
 
@@ -109,7 +120,7 @@ def test_augment_command_writes_one_file_per_temperature(tiny_seq2seq, sst2_like
                 "split",
                 "--task",
                 "sst2",
-                "--data-dir",
+                "--data_dir",
                 str(sst2_like),
                 "--shots",
                 "4",
@@ -122,14 +133,14 @@ def test_augment_command_writes_one_file_per_temperature(tiny_seq2seq, sst2_like
         == 0
     )
     out = tmp_path / "aug"
-    args = ["augment", "--task", "sst2", "--data-dir", str(sst2_like), "--split", str(split), "--copies", "2"]
-    args += ["--en-de", str(tiny_seq2seq), "--de-en", str(tiny_seq2seq), "--temperatures", "0.3", "0.9"]
+    args = ["augment", "--task", "sst2", "--data_dir", str(sst2_like), "--split", str(split), "--copies", "2"]
+    args += ["--en_de", str(tiny_seq2seq), "--de_en", str(tiny_seq2seq), "--temperatures", "0.3", "0.9"]
     assert main([*args, "--out", str(out)]) == 0
     import json
 
     rows = {r for s in json.loads(split.read_text())["train_samples"] for r in s}
     for name, temperature in (("augmented-T0.3.jsonl", 0.3), ("augmented-T0.9.jsonl", 0.9)):
         items = load_augmented(out / name)
-        assert {it["row"] for it in items} == rows
+        assert set(items["row"]) == rows
         assert len(items) == 2 * len(rows)
-        assert {it["temperature"] for it in items} == {temperature}
+        assert set(items["temperature"]) == {temperature}

@@ -1,4 +1,4 @@
-"""benchmarks/experiments/paired.py: the paired CE vs CE+SCL comparison of docs/results.md."""
+"""experiments/paired.py: the paired CE vs CE+SCL comparison of docs/results.md."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def paired():
     pytest.importorskip("scipy")
-    spec = importlib.util.spec_from_file_location("paired", ROOT / "benchmarks/experiments/paired.py")
+    spec = importlib.util.spec_from_file_location("paired", ROOT / "experiments/paired.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -48,7 +48,7 @@ def test_full_data_picks_combination_by_mean_val_and_reports_best_of_seeds():
     assert chosen["scl"].test_std is None
     tables = build_tables(select(records))
     assert list(tables) == ["table2"]
-    _, header, rows = tables["table2"]
+    header, rows = tables["table2"].header, tables["table2"].rows
     assert header == ["Loss", "SST-2"]
     assert rows[1] == ["CE+SCL", "88.00 (λ=0.9, τ=0.3)"]
 
@@ -96,9 +96,9 @@ def test_noise_and_transfer_go_to_their_tables():
         r["spec"]["per_class"] = 20
     tables = build_tables(select(records))
     assert set(tables) == {"table5", "table7"}
-    assert tables["table5"][2][0][:3] == ["SST-2", "100", "0.3"]
-    assert tables["table5"][2][0][-1] == "+0.00"
-    assert tables["table7"][2][0][:3] == ["Yelp-2", "20/class", "SST-2 model (scl)"]
+    assert tables["table5"].rows[0][:3] == ["SST-2", "100", "0.3"]
+    assert tables["table5"].rows[0][-1] == "+0.00"
+    assert tables["table7"].rows[0][:3] == ["Yelp-2", "20/class", "SST-2 model (scl)"]
 
 
 def test_settings_compete_as_combinations_and_splits_never_pool():

@@ -1,5 +1,5 @@
 """docs/results.md quotes generated output only: every table row that `scl-glue report` and
-benchmarks/experiments/paired.py produce from the committed journals appears in it verbatim."""
+experiments/paired.py produce from the committed journals appears in it verbatim."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from scl_loss.glue.cli import main as scl_glue
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "benchmarks/experiments/results"
+RESULTS = ROOT / "experiments/results"
 DOC = (ROOT / "docs/results.md").read_text(encoding="utf-8")
 
 
@@ -33,7 +33,7 @@ def journals() -> list[Path]:
 
 @pytest.mark.parametrize("journal", journals(), ids=lambda p: p.name)
 def test_report_tables_are_quoted_verbatim(journal, tmp_path):
-    assert scl_glue(["report", str(journal), "--out", str(tmp_path), "--no-figures"]) == 0
+    assert scl_glue(["report", "--journals", str(journal), "--out", str(tmp_path), "--no_figures"]) == 0
     rows = table_rows((tmp_path / "report.md").read_text(encoding="utf-8"))
     assert rows
     missing = [row for row in rows if row not in DOC]
@@ -43,7 +43,7 @@ def test_report_tables_are_quoted_verbatim(journal, tmp_path):
 @pytest.mark.parametrize("journal", journals(), ids=lambda p: p.name)
 def test_paired_tables_are_quoted_verbatim(journal, tmp_path, monkeypatch):
     pytest.importorskip("scipy")
-    spec = importlib.util.spec_from_file_location("paired", ROOT / "benchmarks/experiments/paired.py")
+    spec = importlib.util.spec_from_file_location("paired", ROOT / "experiments/paired.py")
     paired = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(paired)
     out = tmp_path / "paired.md"

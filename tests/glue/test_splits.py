@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scl_loss.glue.loaders import find_task_files, load_file
+from scl_loss.glue.arguments import DataArguments
+from scl_loss.glue.data import find_task_files, read_file
 from scl_loss.glue.splits import allocate, few_shot_samples, per_class_samples, protocol_split
 from scl_loss.glue.tasks import get_task
 
@@ -99,9 +100,9 @@ REAL = [
 
 @pytest.mark.parametrize(("task", "folder", "name", "size"), REAL)
 def test_real_validation_split(glue_data, task, folder, name, size):
-    _, dev_path = find_task_files(glue_data / folder)
+    _, dev_path = find_task_files(DataArguments(data_dir=str(glue_data / folder)), get_task(task))
     assert dev_path.name == name
-    labels = [e.label for e in load_file(dev_path, get_task(task))]
+    labels = read_file(dev_path, get_task(task))["label"][:]
     assert len(labels) == size
     split = protocol_split(labels, seed=0)
     assert len(split.test) == size // 2
@@ -123,7 +124,7 @@ TRAIN = [
 
 @pytest.mark.parametrize(("task", "path", "size"), TRAIN)
 def test_real_few_shot_samples(glue_data, task, path, size):
-    labels = [e.label for e in load_file(glue_data / path, get_task(task))]
+    labels = read_file(glue_data / path, get_task(task))["label"][:]
     assert len(labels) == size
     for shots in (20, 100, 1000):
         samples = few_shot_samples(labels, shots, 10, seed=0)

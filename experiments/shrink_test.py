@@ -6,8 +6,8 @@ CPU-sized experiment scores every run on the same stratified subset of that test
 (validation and training samples unchanged). The written file is a normal split file: pass
 it to `scl-glue run --split FILE`; its name is recorded in each run's spec.
 
-    python benchmarks/experiments/shrink_test.py split.json --task qnli --data-dir DIR \
-        --train-file train_subset_9k.json --size 1000 --out split-test1000.json
+    python experiments/shrink_test.py split.json --task qnli --data_dir DIR \
+        --train_file train_subset_9k.json --size 1000 --out split-test1000.json
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import json
 import random
 from pathlib import Path
 
-from scl_loss.glue.data import DataSource, load_task_data
+from scl_loss.glue.arguments import DataArguments
+from scl_loss.glue.data import load_task_data
 from scl_loss.glue.splits import stratified_sample
 from scl_loss.glue.tasks import get_task
 
@@ -26,8 +27,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("split", help="split JSON written by `scl-glue split`")
     parser.add_argument("--task", required=True)
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--train-file")
+    parser.add_argument("--data_dir", required=True)
+    parser.add_argument("--train_file")
     parser.add_argument("--size", type=int, required=True, help="rows of the test half to keep")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
@@ -37,8 +38,8 @@ def main() -> None:
     record = json.loads(Path(args.split).read_text(encoding="utf-8"))
     if record["task"] != task.name:
         raise SystemExit(f"error: {args.split} is for {record['task']!r}, not {task.name!r}")
-    data = load_task_data(task, DataSource(data_dir=args.data_dir, train_file=args.train_file))
-    labels = [e.label for e in data.eval]
+    data = load_task_data(task, DataArguments(data_dir=args.data_dir, train_file=args.train_file))
+    labels = data.eval["label"][:]
     test = record["test"]
     if not 1 <= args.size <= len(test):
         raise SystemExit(f"error: --size must be in 1..{len(test)}, got {args.size}")

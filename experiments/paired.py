@@ -14,7 +14,7 @@ losses on the *same* training set, so the difference SCL_k − CE_k is a paired 
   CE+SCL from the CE+SCL model, as in the paper's Table 7;
 - wall time per run (the journal's `wall_s`) for every setting and loss.
 
-    python benchmarks/experiments/paired.py results/experiments/journal.jsonl --out paired.md
+    python experiments/paired.py results/experiments/journal.jsonl --out paired.md
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from scl_loss.glue.journal import merge_journals
-from scl_loss.glue.report import combination_of, select, setting_of
+from scl_loss.glue.report import Combination, Setting, combination_of, select, setting_of
 from scl_loss.glue.tasks import get_task
 
 
@@ -41,11 +41,15 @@ def sign_test(wins: int, losses: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def label(setting: tuple[Any, ...]) -> str:
-    task, _, shots, per_class, _, init, *_ = setting
-    size = f"N={shots}" if shots else f"{per_class}/class"
-    start = f", from the SST-2 {init} model" if init else ""
-    return f"{get_task(task).display} {size}{start}"
+def label(setting: Setting) -> str:
+    size = f"N={setting.shots}" if setting.shots else f"{setting.per_class}/class"
+    start = f", from the SST-2 {setting.init} model" if setting.init else ""
+    return f"{get_task(setting.task).display} {size}{start}"
+
+
+def ordered(items: Any) -> list[Any]:
+    """Settings and combinations in the report's order (by their values as a plain tuple)."""
+    return sorted(items, key=lambda item: str(tuple(item)))
 
 
 def pair_row(name: str, ce: dict[int, float], scl: dict[int, float], scl_name: str) -> list[str]:
@@ -97,24 +101,22 @@ def main() -> None:
     records = merge_journals(args.journals)
 
     # test accuracy per (setting, combination) and sample
-    acc: dict[tuple[Any, ...], dict[tuple[Any, ...], dict[int, float]]] = defaultdict(
-        lambda: defaultdict(dict)
-    )
+    acc: dict[Setting, dict[Combination, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     for r in records:
         acc[setting_of(r["spec"])][combination_of(r["spec"])][r["spec"]["sample"]] = r["result"]["test_acc"]
     chosen = {(s.setting, s.loss): combination_of(s.best_record["spec"]) for s in select(records)}
 
-    def scl_name(combo: tuple[Any, ...]) -> str:
-        return f"λ={combo[1]}, τ={combo[2]}"
+    def scl_name(combo: Combination) -> str:
+        return f"λ={combo.lambda_}, τ={combo.tau}"
 
     rows = []
-    transfer: dict[tuple[Any, ...], dict[str, tuple[Any, ...]]] = defaultdict(dict)
-    for setting in sorted(acc, key=str):
+    transfer: dict[Setting, dict[str, tuple[Setting, Combination]]] = defaultdict(dict)
+    for setting in ordered(acc):
         ce, scl = chosen.get((setting, "ce")), chosen.get((setting, "scl"))
-        if setting[5] is not None:  # transfer: pair across the two starting models below
-            rest = setting[:5] + setting[6:]
+        if setting.init is not None:  # transfer: pair across the two starting models below
+            rest = setting._replace(init=None)
             for loss, combo in (("ce", ce), ("scl", scl)):
-                if combo is not None and setting[5] == loss:
+                if combo is not None and setting.init == loss:
                     transfer[rest][loss] = (setting, combo)
             continue
         if ce is not None and scl is not None:
@@ -122,13 +124,14 @@ def main() -> None:
     # Every CE+SCL grid point against CE (no selection between grid points, so no selection
     # bias; with several points, read each interval on its own, not as a family).
     grid_rows = []
-    for setting in sorted(acc, key=str):
+    for setting in ordered(acc):
         ce = chosen.get((setting, "ce"))
-        if setting[5] is not None or ce is None:
+        if setting.init is not None or ce is None:
             continue
-        for combo in sorted((c for c in acc[setting] if c[0] == "scl"), key=str):
+        for combo in ordered(c for c in acc[setting] if c.loss == "scl"):
             grid_rows.append(pair_row(label(setting), acc[setting][ce], acc[setting][combo], scl_name(combo)))
-    for _rest, found in sorted(transfer.items(), key=str):
+    for rest in ordered(transfer):
+        found = transfer[rest]
         if "ce" in found and "scl" in found:
             (s_ce, c_ce), (s_scl, c_scl) = found["ce"], found["scl"]
             name = label(s_ce).split(",")[0] + ": CE from CE model vs CE+SCL from CE+SCL model"

