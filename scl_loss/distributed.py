@@ -49,7 +49,9 @@ __all__ = [
 ]
 
 # Column names of the per-rank metadata row, used in error messages.
-_META_FIELDS = ("rows", "views", "dim", "float64", "labels", "ignore_index", "temperature", "normalize")
+_META_FIELDS = ("rows", "views", "dim", "dtype", "labels", "ignore_index", "temperature", "normalize")
+# The contrasts are gathered in the input dtype (the kernels normalise them): ranks must agree on it.
+_DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
 
 
 def is_gathering(gather_distributed: object, process_group: object) -> bool:
@@ -131,7 +133,7 @@ def gather_problem(
             n,
             views,
             z.shape[1],
-            float(z.dtype == torch.float64),
+            float(_DTYPE_CODES.get(z.dtype, -1)),
             float(has_labels),
             ignore_index,
             problem.temperature,
