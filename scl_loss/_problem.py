@@ -9,6 +9,7 @@ place means the dense path, the blocked path and any user kernel agree on views,
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +58,21 @@ class ContrastProblem:
         """
         assert self.pos_mask is not None
         return tile_mask_rows(self.pos_mask, self.mask_views, start, length)
+
+    def tensors(self) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor]:
+        """``(contrasts, groups, pos_mask, valid)``.
+
+        A kernel's ``autograd.Function`` takes these as inputs and rebuilds the problem with
+        :meth:`with_tensors`: ``torch.func`` transforms unwrap a Function's tensor inputs, not
+        tensors inside other objects.
+        """
+        return self.contrasts, self.groups, self.pos_mask, self.valid
+
+    def with_tensors(
+        self, contrasts: Tensor, groups: Tensor | None, pos_mask: Tensor | None, valid: Tensor
+    ) -> ContrastProblem:
+        """This problem with the tensors of :meth:`tensors` replaced."""
+        return dataclasses.replace(self, contrasts=contrasts, groups=groups, pos_mask=pos_mask, valid=valid)
 
 
 def tile_mask_rows(pos_mask: Tensor, views: int, start: int, length: int) -> Tensor:

@@ -202,7 +202,10 @@ def scl_cross_entropy(
 
     ``λ = 0`` returns exactly CE and does not compute SCL; ``λ = 1`` returns exactly SCL.
     A batch whose labels are all ``ignore_index`` gives a graph-connected zero CE (where
-    ``torch`` would return NaN).
+    ``torch`` would return NaN). CE is accumulated in float32 for half-precision logits.
+    Neither term reads tensor values on the host (no synchronisation); NaN or Inf in ``logits``
+    or ``features`` gives a non-finite loss, or a ``ValueError`` with
+    :class:`scl_loss.set_data_checks` on.
 
     Args:
         logits: classifier outputs ``[N, C]``.
@@ -251,6 +254,7 @@ def scl_cross_entropy(
         raise TypeError(f"logits must have a floating dtype, got {logits.dtype}")
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape [N, C], got {tuple(logits.shape)}")
+    v.check_finite(logits, "logits")  # the same data-check policy as for features
     if isinstance(features, Tensor) and features.device != logits.device:
         raise ValueError(f"features must be on the logits' device {logits.device}, got {features.device}")
     features = v.check_features(features)
@@ -266,14 +270,13 @@ def scl_cross_entropy(
     gather = distributed.is_gathering(gather_distributed, process_group)
     memory.check_queue(queue, has_labels=True)
 
-    zero = logits.sum() * 0.0
     if lambda_ < 1.0:
         if gather:
             ce = distributed.cross_entropy_across_ranks(
                 logits, labels, weight, ignore_index, label_smoothing, process_group
             )
         else:
-            ce = _cross_entropy(logits, labels, weight, ignore_index, label_smoothing, zero)
+            ce = _cross_entropy(logits, labels, weight, ignore_index, label_smoothing)
     if lambda_ > 0.0:
         scl = supcon_loss(
             features,
@@ -288,11 +291,13 @@ def scl_cross_entropy(
             queue=queue,
         )
     if lambda_ == 0.0:
-        loss, scl = ce, zero.detach()
+        loss, scl = ce, ce.new_zeros(())
     elif lambda_ == 1.0:
-        loss, ce = scl, zero.detach()
+        loss, ce = scl, scl.new_zeros(())
     else:
-        loss = (1.0 - lambda_) * ce + lambda_ * scl
+        if ce.dtype != scl.dtype:  # float32 CE with float64 SCL
+            ce, scl = ce.to(torch.float64), scl.to(torch.float64)
+        loss = torch.lerp(ce, scl, lambda_)  # (1 − λ)·ce + λ·scl in one op
     if return_components:
         return SCLComponents(loss, ce, scl)
     return loss
@@ -304,16 +309,24 @@ def _cross_entropy(
     weight: Tensor | None,
     ignore_index: int,
     label_smoothing: float,
-    zero: Tensor,
 ) -> Tensor:
-    # torch returns NaN (0/0) for a batch whose every label is ignore_index; we return a
-    # graph-connected zero instead, as SCL does for a batch without positives.
-    if not torch.compiler.is_compiling() and not bool((labels != ignore_index).any()):
-        return zero
-    return F.cross_entropy(
+    """``F.cross_entropy``'s batch mean ``Σ_i w_{y_i} ce_i / Σ_i w_{y_i}`` (non-ignored rows), as
+    per-row losses over the clamped weight sum: a batch whose every label is ``ignore_index``
+    gives a graph-connected 0 (torch: 0/0 = NaN) without a host-side check. Summed in float32
+    for half logits (a half sum overflows on large batches)."""
+    labels = labels.to(torch.int64)
+    per_row = F.cross_entropy(
         logits,
-        labels.to(torch.int64),
+        labels,
         weight=weight,
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
+        reduction="none",
     )
+    total = per_row.sum(dtype=torch.float64 if per_row.dtype == torch.float64 else torch.float32)
+    kept = labels != ignore_index
+    if weight is None:
+        return total / kept.sum().clamp(min=1)
+    row_weight = weight.to(total.dtype).index_select(0, labels.masked_fill(~kept, 0))
+    denominator = torch.where(kept, row_weight, 0.0).sum()
+    return total / denominator.clamp(min=torch.finfo(total.dtype).tiny)

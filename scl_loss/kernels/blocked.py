@@ -95,8 +95,10 @@ class _Blocks:
         """``[c, M]`` logits of anchors ``b0 … b0+c−1``; entries outside the denominator masked."""
         z = self.rows.operands
         anchors = z.narrow(0, self.start + b0, c)
-        if self.anchor_scales is None:
+        if not self.rows.half:
             s = torch.addmm(self.bias, anchors, z.T, alpha=self.inv_tau)
+        elif self.anchor_scales is None:
+            s = torch.add(self.bias, exact_mm(anchors, z.T), alpha=self.inv_tau)
         else:  # half operands: exact products, then the float32 scales
             assert self.rows.scales is not None
             s = exact_mm(anchors, z.T).mul_(self.rows.scales)
@@ -119,10 +121,11 @@ class _Blocks:
         entries of ``Ĝ``: block entries of at most 1 times the largest anchor ``weight`` (None:
         1), the largest scale squared and ``1/τ``."""
         scales = self.rows.scales
-        if scales is None or self.rows.operands.dtype != torch.float16 or scales.numel() == 0:
+        if self.rows.operands.dtype != torch.float16 or self.rows.operands.shape[0] == 0:
             return None
-        largest_scale = torch.linalg.vector_norm(scales, ord=math.inf)
-        bound = largest_scale * largest_scale * self.inv_tau
+        bound = torch.full((), self.inv_tau, dtype=self.dtype, device=self.rows.operands.device)
+        if scales is not None:
+            bound = bound * torch.linalg.vector_norm(scales, ord=math.inf) ** 2
         if weight is not None and weight.numel() > 0:
             bound = bound * torch.linalg.vector_norm(weight, ord=math.inf)
         return operand_scale(bound, torch.float16)
@@ -140,13 +143,16 @@ class _Blocks:
         if row_factor is not None:
             factor = row_factor * self.inv_tau
         rows_out = buf.narrow(0, self.start + b0, c)
-        if self.anchor_scales is None:
+        if not self.rows.half:
             # Row factors on the [c, D] side, not the [c, M] block: one pass fewer.
             rows_out.add_(torch.mm(g, z).mul_(factor.unsqueeze(1)))
             return buf.addmm_(g.T, anchors * factor.unsqueeze(1))
-        assert self.rows.scales is not None
-        factor = factor * self.anchor_scales.narrow(0, b0, c)
-        g = g.mul_(self.rows.scales).mul_(factor.unsqueeze(1))
+        # Half operands must enter the products unrounded: every factor goes into Ĝ.
+        if self.anchor_scales is not None:
+            assert self.rows.scales is not None
+            factor = factor * self.anchor_scales.narrow(0, b0, c)
+            g = g.mul_(self.rows.scales)
+        g = g.mul_(factor.unsqueeze(1))
         parts = split_operand(g, z.dtype, scale)
         for part in parts:
             exact_addmm_(rows_out, part, z)
@@ -315,8 +321,16 @@ class _BlockedSupCon(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        x: Tensor, p: ContrastProblem, reduction: str, chunk: int, need_grad: bool
+        x: Tensor,
+        groups: Tensor | None,
+        pos_mask: Tensor | None,
+        valid: Tensor,
+        p: ContrastProblem,
+        reduction: str,
+        chunk: int,
+        need_grad: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
+        p = p.with_tensors(x, groups, pos_mask, valid)
         blocks = _Blocks(x, p, chunk)
         if reduction == "none":
             return _vector_forward(blocks)
@@ -325,17 +339,21 @@ class _BlockedSupCon(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-        x, p, reduction, chunk, _ = inputs
+        x, groups, pos_mask, valid, p, reduction, chunk, _ = inputs
+        p = p.with_tensors(x, groups, pos_mask, valid)
         _, num_positives, aux = output
         ctx.mark_non_differentiable(num_positives, aux)
+        ctx.set_materialize_grads(False)  # the other outputs get no gradient: no zeros for them
         ctx.problem, ctx.reduction, ctx.chunk = p, reduction, chunk
         ctx.save_for_backward(x, aux, num_positives)
         ctx.save_for_forward(x)
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_out: Tensor | None, *_: Tensor | None) -> tuple[Tensor | None, ...]:
         x, aux, num_positives = ctx.saved_tensors
         p, reduction, chunk = ctx.problem, ctx.reduction, ctx.chunk
+        if grad_out is None:
+            return (None,) * 8
         if torch.is_grad_enabled() or (reduction != "none" and aux.numel() == 0):
             # create_graph=True or torch.func: a gradient autograd can differentiate again.
             grad = formula.input_gradient(x, p, reduction, grad_out, chunk)
@@ -343,7 +361,7 @@ class _BlockedSupCon(torch.autograd.Function):
             grad = (aux * grad_out).to(x.dtype)
         else:
             grad = _vector_backward(_Blocks(x, p, chunk), aux, num_positives, grad_out).to(x.dtype)
-        return grad, None, None, None, None
+        return (grad, *([None] * 7))
 
     @staticmethod
     def vmap(info: Any, in_dims: Any, *args: Any) -> Any:
@@ -387,6 +405,6 @@ def blocked_supcon(
         chunk_size = default_chunk_size(p.num_anchors, x.shape[0], element_size, budget)
     need_grad = torch.is_grad_enabled() and x.requires_grad
     out, num_positives, _ = (_BlockedSupCon if torch.compiler.is_compiling() else _BlockedSupConJvp).apply(
-        x, p, reduction, chunk_size, need_grad
+        *p.tensors(), p, reduction, chunk_size, need_grad
     )
     return out, num_positives

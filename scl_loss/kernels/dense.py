@@ -46,9 +46,11 @@ def _logits_and_positives(rows: Rows, p: ContrastProblem) -> tuple[Tensor, Tenso
     z = rows.operands
     anchors = z.narrow(0, start, a)
     bias = column_bias(p.valid, rows.dtype)
-    if rows.scales is None:
+    if not rows.half:
         s = torch.addmm(bias, anchors, z.T, alpha=1.0 / p.temperature)
-    else:
+    elif rows.scales is None:
+        s = torch.add(bias, exact_mm(anchors, z.T), alpha=1.0 / p.temperature)
+    else:  # exact products of the half values, then the float32 scales
         s = exact_mm(anchors, z.T).mul_(rows.scales)
         anchor_scales = rows.scales.narrow(0, start, a).unsqueeze(1) / p.temperature
         s = torch.addcmul(bias, s, anchor_scales, out=s)
@@ -94,29 +96,31 @@ def _operand_gradient(rows: Rows, g: Tensor, p: ContrastProblem) -> Tensor:
 
 
 class _DenseSupCon(torch.autograd.Function):
-    """``(output, num_positives, input gradient, log-probabilities, positive weights)``.
-
-    Scalar reductions with ``need_grad``: the input gradient for ``grad_output = 1`` is computed
-    in the forward pass and backward only scales it. ``"none"``: log-probabilities and positive
-    weights are kept for backward. Outputs beyond the first are never differentiated.
+    """Scalar reductions: ``(output, num_positives, input gradient)``, the gradient for
+    ``grad_output = 1`` computed in the forward pass when ``need_grad`` (else empty), so that
+    backward only scales it. ``"none"``: ``(output, num_positives, log-probabilities, positive
+    weights)``, the last two kept for backward. Outputs beyond the first are never differentiated.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        x: Tensor, p: ContrastProblem, reduction: str, need_grad: bool
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        x: Tensor,
+        groups: Tensor | None,
+        pos_mask: Tensor | None,
+        valid: Tensor,
+        p: ContrastProblem,
+        reduction: str,
+        need_grad: bool,
+    ) -> tuple[Tensor, ...]:
+        p = p.with_tensors(x, groups, pos_mask, valid)
         rows = prepare_rows(x, p.normalize)
         s, positive = _logits_and_positives(rows, p)
         num_positives = positive.sum(dim=1)
         log_p = torch.log_softmax(s, dim=1)
-
-        def empty() -> Tensor:  # a placeholder output; distinct objects (TorchDynamo needs them distinct)
-            return s.new_empty(0)
-
         if reduction == "none":
             q = positive / num_positives.clamp(min=1).unsqueeze(1).to(s.dtype)
             out = (q * log_p).sum(dim=1).neg_()  # −Σ_p log p_ap / |P(a)|: exactly 0 without positives
-            return out, num_positives, empty(), log_p, q
+            return out, num_positives, log_p, q
         # w_a: ∂L/∂loss_a, 0 for anchors left out; q·w folds the positive weights in.
         has_positive = num_positives > 0
         if reduction == "mean":
@@ -126,38 +130,62 @@ class _DenseSupCon(torch.autograd.Function):
         qw = positive * (w / num_positives.clamp(min=1)).unsqueeze(1)
         out = torch.dot(qw.flatten(), log_p.flatten()).neg()
         if not need_grad:
-            return out, num_positives, empty(), empty(), empty()
+            return out, num_positives, s.new_empty(0)
         # −G = qw − w·π: the negated gradient with respect to the logits.
         g = torch.addcmul(qw, log_p.exp(), w.unsqueeze(1), value=-1.0)
-        grad = rows.input_gradient(_operand_gradient(rows, g, p))
-        return out, num_positives, grad, empty(), empty()
+        return out, num_positives, rows.input_gradient(_operand_gradient(rows, g, p))
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-        x, p, reduction, _ = inputs
-        _, num_positives, grad, log_p, q = output
-        ctx.mark_non_differentiable(num_positives, grad, log_p, q)
-        ctx.problem, ctx.reduction = p, reduction
-        ctx.save_for_backward(x, grad, log_p, q, num_positives)
+        x, groups, pos_mask, valid, p, reduction, _ = inputs
+        p = p.with_tensors(x, groups, pos_mask, valid)
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.set_materialize_grads(False)  # the other outputs get no gradient: no zeros for them
+        ctx.problem, ctx.reduction, ctx.num_outputs = p, reduction, len(output)
+        ctx.save_for_backward(x, *output[1:])
         ctx.save_for_forward(x)
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor, *_: Tensor) -> tuple[Tensor | None, None, None, None]:
-        x, grad, log_p, q, num_positives = ctx.saved_tensors
-        p, reduction = ctx.problem, ctx.reduction
-        if torch.is_grad_enabled() or (reduction != "none" and grad.numel() == 0):
-            # create_graph=True or torch.func: a gradient autograd can differentiate again.
-            return formula.input_gradient(x, p, reduction, grad_out, p.num_anchors), None, None, None
-        if reduction != "none":
-            return (grad * grad_out).to(x.dtype), None, None, None
-        rows = prepare_rows(x, p.normalize)
-        weight = grad_out.to(log_p.dtype) * (num_positives > 0)
-        g = torch.addcmul(q * grad_out.to(q.dtype).unsqueeze(1), log_p.exp(), weight.unsqueeze(1), value=-1.0)
-        return rows.input_gradient(_operand_gradient(rows, g, p)).to(x.dtype), None, None, None
+    def backward(ctx: Any, grad_out: Tensor | None, *_: Tensor | None) -> tuple[Tensor | None, ...]:
+        return (_dense_backward(ctx, grad_out), *([None] * 6))
 
     @staticmethod
     def vmap(info: Any, in_dims: Any, *args: Any) -> Any:
         raise NotImplementedError(formula.VMAP_MESSAGE)
+
+
+def _dense_backward(ctx: Any, grad_out: Tensor | None) -> Tensor | None:
+    x, num_positives, *saved = ctx.saved_tensors
+    p, reduction = ctx.problem, ctx.reduction
+    if grad_out is None:
+        return None
+    if torch.is_grad_enabled() or (reduction != "none" and saved[0].numel() == 0):
+        # create_graph=True or torch.func: a gradient autograd can differentiate again.
+        return formula.input_gradient(x, p, reduction, grad_out, p.num_anchors)
+    if reduction != "none":
+        return (saved[0] * grad_out).to(x.dtype)
+    log_p, q = saved
+    rows = prepare_rows(x, p.normalize)
+    weight = grad_out.to(log_p.dtype) * (num_positives > 0)
+    g = torch.addcmul(q * grad_out.to(q.dtype).unsqueeze(1), log_p.exp(), weight.unsqueeze(1), value=-1.0)
+    return rows.input_gradient(_operand_gradient(rows, g, p)).to(x.dtype)
+
+
+def _dense_backward(ctx: Any, grad_out: Tensor | None) -> Tensor | None:
+    x, num_positives, *saved = ctx.saved_tensors
+    p, reduction = ctx.problem, ctx.reduction
+    if grad_out is None:
+        return None
+    if torch.is_grad_enabled() or (reduction != "none" and saved[0].numel() == 0):
+        # create_graph=True or torch.func: a gradient autograd can differentiate again.
+        return formula.input_gradient(x, p, reduction, grad_out, p.num_anchors)
+    if reduction != "none":
+        return (saved[0] * grad_out).to(x.dtype)
+    log_p, q = saved
+    rows = prepare_rows(x, p.normalize)
+    weight = grad_out.to(log_p.dtype) * (num_positives > 0)
+    g = torch.addcmul(q * grad_out.to(q.dtype).unsqueeze(1), log_p.exp(), weight.unsqueeze(1), value=-1.0)
+    return rows.input_gradient(_operand_gradient(rows, g, p)).to(x.dtype)
 
 
 class _DenseSupConJvp(_DenseSupCon):
@@ -169,7 +197,7 @@ class _DenseSupConJvp(_DenseSupCon):
         x = ctx.saved_tensors[0]
         p = ctx.problem
         tangent = formula.output_tangent(x, x_tangent, p, ctx.reduction, p.num_anchors)
-        return tangent, None, None, None, None
+        return (tangent, *([None] * (ctx.num_outputs - 1)))
 
 
 def dense_supcon(p: ContrastProblem, reduction: str) -> tuple[Tensor, Tensor]:
@@ -192,6 +220,6 @@ def dense_supcon(p: ContrastProblem, reduction: str) -> tuple[Tensor, Tensor]:
     x = p.contrasts
     need_grad = torch.is_grad_enabled() and x.requires_grad
     out, num_positives, *_ = (_DenseSupCon if torch.compiler.is_compiling() else _DenseSupConJvp).apply(
-        x, p, reduction, need_grad
+        *p.tensors(), p, reduction, need_grad
     )
     return out, num_positives

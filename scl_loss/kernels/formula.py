@@ -103,7 +103,7 @@ def input_gradient(x: Tensor, p: ContrastProblem, reduction: str, grad_out: Tens
     grad_u = torch.zeros_like(u)
     for (b0, c), q in zip(blocks, positives, strict=True):
         softmax = torch.softmax(_logits(u, p, b0, c), dim=1)
-        q_weights = q / num_positives.narrow(0, b0, c).clamp(min=1).unsqueeze(1)
+        q_weights = q.to(u.dtype) / num_positives.narrow(0, b0, c).clamp(min=1).unsqueeze(1)
         g = w.narrow(-1, b0, c).unsqueeze(-1) * (softmax - q_weights) / p.temperature
         anchor_rows.append(g @ u)
         grad_u = grad_u + g.transpose(-2, -1) @ u.narrow(0, p.anchor_start + b0, c)
@@ -129,7 +129,7 @@ def output_tangent(x: Tensor, x_tangent: Tensor, p: ContrastProblem, reduction: 
         softmax = torch.softmax(_logits(u, p, b0, c), dim=1)
         start = p.anchor_start + b0
         dl = (du.narrow(0, start, c) @ u.T + u.narrow(0, start, c) @ du.T) / p.temperature
-        coefficient = softmax * has_positive - q / num_positives.clamp(min=1).unsqueeze(1)
+        coefficient = softmax * has_positive - q.to(u.dtype) / num_positives.clamp(min=1).unsqueeze(1)
         per_anchor.append((coefficient * dl).sum(dim=1))
         counts.append(num_positives)
     if not blocks:
