@@ -5,6 +5,7 @@ The modules in :mod:`scl_loss.losses` are thin wrappers over these two functions
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -139,7 +140,7 @@ def supcon_loss(
         raise ValueError("gather_distributed=True does not support mask=; pass labels (or views only)")
     # Autocast would run the similarity products in half precision; the loss accumulates in
     # float32 (float64 for float64 input) whatever the caller's autocast state.
-    with torch.autocast(features.device.type, enabled=False):
+    with _autocast_off(features.device.type):
         problem = build_problem(
             features, labels, mask, temperature=temperature, normalize=normalize, ignore_index=ignore_index
         )
@@ -301,6 +302,13 @@ def scl_cross_entropy(
     if return_components:
         return SCLComponents(loss, ce, scl)
     return loss
+
+
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager[object]:
+    # Devices without autocast (e.g. "meta") cannot even construct a disabled one.
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _cross_entropy(

@@ -45,6 +45,18 @@ class OpCount:
     sync_names: collections.Counter = field(default_factory=collections.Counter)
 
 
+def _sizes_from_data(func, args, kwargs) -> bool:
+    """Boolean-mask indexing (a hidden ``nonzero``), and ``repeat_interleave`` with tensor repeats
+    and no ``output_size``: the output's size comes from tensor values."""
+    name = func.overloadpacket.__name__
+    if name in ("index", "index_put", "index_put_", "_index_put_impl_"):
+        indices = args[1] if len(args) > 1 else kwargs.get("indices", ())
+        return any(t is not None and t.dtype in (torch.bool, torch.uint8) for t in indices)
+    if func is aten.repeat_interleave.Tensor or func is aten.repeat_interleave.self_Tensor:
+        return kwargs.get("output_size") is None
+    return False
+
+
 class _Counter(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
@@ -52,13 +64,7 @@ class _Counter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
-        is_sync = name in SYNC_OPS or (
-            # repeat_interleave with tensor repeats and no output_size sizes its output from data
-            name == "repeat_interleave"
-            and isinstance(args[0], torch.Tensor)
-            and (kwargs or {}).get("output_size") is None
-            and func is aten.repeat_interleave.Tensor
-        )
+        is_sync = name in SYNC_OPS or _sizes_from_data(func, args, kwargs or {})
         if is_sync:
             self.count.syncs += 1
             self.count.sync_names[str(func)] += 1
