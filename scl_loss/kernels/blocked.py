@@ -108,11 +108,14 @@ class _Blocks:
         return s
 
     def positives(self, b0: int, c: int) -> Tensor:
-        """``[c, M]`` bool user-mask positives of the block, cleared off the denominator."""
+        """``[c, M]`` bool positives of the block (group ids or user mask), cleared off the denominator."""
         p = self.p
-        assert p.pos_mask is not None
-        q = tile_mask_rows(p.pos_mask, p.mask_views, b0, c) & p.valid
-        q = q & p.valid.narrow(0, self.start + b0, c).unsqueeze(1)
+        if p.groups is not None:
+            q = p.groups.narrow(0, self.start + b0, c).unsqueeze(1) == p.groups
+        else:
+            assert p.pos_mask is not None
+            q = tile_mask_rows(p.pos_mask, p.mask_views, b0, c)
+        q = q & p.valid & p.valid.narrow(0, self.start + b0, c).unsqueeze(1)
         q.diagonal(self.start + b0).fill_(False)
         return q
 
@@ -130,29 +133,23 @@ class _Blocks:
             bound = bound * torch.linalg.vector_norm(weight, ord=math.inf)
         return operand_scale(bound, torch.float16)
 
-    def add_gradient(
-        self, buf: Tensor, g: Tensor, row_factor: Tensor | None, b0: int, c: int, scale: Tensor | None
-    ) -> Tensor:
-        """``buf += ∂/∂operands`` (scales held fixed) of ``Σ_ak row_factor_a g_ak ℓ_ak`` over the
-        block: the row term ``Ĝ Z`` on the block's rows and the column term ``Ĝᵀ Z_b`` on all
-        rows, ``Ĝ = diag(row_factor · s_b / τ) g diag(s)``. ``g`` is overwritten; half parts
+    def add_gradient(self, buf: Tensor, g: Tensor, b0: int, c: int, scale: Tensor | None) -> Tensor:
+        """``buf += ∂/∂operands`` (scales held fixed) of ``Σ_ak g_ak ℓ_ak`` over the block: the row
+        term ``Ĝ Z`` on the block's rows and the column term ``Ĝᵀ Z_b`` on all rows, with
+        ``Ĝ = diag(s_b/τ) g diag(s)`` (``g/τ`` without scales). ``g`` is overwritten; half parts
         accumulate ``scale`` times the gradient."""
         z = self.rows.operands
         anchors = z.narrow(0, self.start + b0, c)
-        factor = torch.full((c,), self.inv_tau, dtype=self.dtype, device=z.device)
-        if row_factor is not None:
-            factor = row_factor * self.inv_tau
         rows_out = buf.narrow(0, self.start + b0, c)
         if not self.rows.half:
-            # Row factors on the [c, D] side, not the [c, M] block: one pass fewer.
-            rows_out.add_(torch.mm(g, z).mul_(factor.unsqueeze(1)))
-            return buf.addmm_(g.T, anchors * factor.unsqueeze(1))
-        # Half operands must enter the products unrounded: every factor goes into Ĝ.
-        if self.anchor_scales is not None:
+            rows_out.addmm_(g, z, alpha=self.inv_tau)
+            return buf.addmm_(g.T, anchors, alpha=self.inv_tau)
+        # Half operands enter the products unrounded: every factor goes into Ĝ, then hi + lo.
+        if self.anchor_scales is None:
+            g = g.mul_(self.inv_tau)
+        else:
             assert self.rows.scales is not None
-            factor = factor * self.anchor_scales.narrow(0, b0, c)
-            g = g.mul_(self.rows.scales)
-        g = g.mul_(factor.unsqueeze(1))
+            g = g.mul_(self.rows.scales).mul_(self.anchor_scales.narrow(0, b0, c).unsqueeze(1) * self.inv_tau)
         parts = split_operand(g, z.dtype, scale)
         for part in parts:
             exact_addmm_(rows_out, part, z)
@@ -169,42 +166,30 @@ def _exp_shifted_(s: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class _GroupPositives:
-    """For group ids, per anchor ``pos_a = Σ_{p∈P(a)} ℓ_ap`` and ``|P(a)|`` from class sums, and
-    the gradient of ``Σ_a κ_a pos_a``; ``O(M·D)``, no ``[A, M]`` matrix (docs/blocked.md)."""
+    """For group ids, per anchor ``pos_a = Σ_{p∈P(a)} ℓ_ap`` and ``|P(a)|`` from class sums:
+    ``O(M·D)``, no ``[A, M]`` matrix (docs/blocked.md). The gradient takes the positives block
+    by block instead, so that ``π − q`` cancels in float32 before any product."""
 
     def __init__(self, u: Tensor, p: ContrastProblem) -> None:
         assert p.groups is not None
         m = u.shape[0]
-        self.u, self.p = u, p
         # Compact ids in [0, M) without a host sync (torch.unique would need one for its size):
         # sort, mark where the group changes, cumulative sum, scatter back.
         sorted_groups, order = torch.sort(p.groups, stable=True)
         starts = torch.ones_like(sorted_groups, dtype=torch.bool)
         starts[1:] = sorted_groups[1:] != sorted_groups[:-1]
         self.ids = torch.empty_like(order).scatter_(0, order, torch.cumsum(starts, 0) - 1)
-        self.valid = p.valid.to(u.dtype).unsqueeze(1)
-        self.class_sum = u.new_zeros(m, u.shape[1]).index_add_(0, self.ids, u * self.valid)
+        valid = p.valid.to(u.dtype).unsqueeze(1)
+        class_sum = u.new_zeros(m, u.shape[1]).index_add_(0, self.ids, u * valid)
         class_count = torch.zeros(m, dtype=torch.int64, device=u.device).index_add_(
             0, self.ids, p.valid.to(torch.int64)
         )
-        self.anchor_ids = self.ids.narrow(0, p.anchor_start, p.num_anchors)
+        anchor_ids = self.ids.narrow(0, p.anchor_start, p.num_anchors)
         anchor_valid = p.valid.narrow(0, p.anchor_start, p.num_anchors)
         anchors = u.narrow(0, p.anchor_start, p.num_anchors)
-        self.num_positives = torch.where(anchor_valid, class_count.index_select(0, self.anchor_ids) - 1, 0)
-        others = self.class_sum.index_select(0, self.anchor_ids) - anchors
+        self.num_positives = torch.where(anchor_valid, class_count.index_select(0, anchor_ids) - 1, 0)
+        others = class_sum.index_select(0, anchor_ids) - anchors
         self.positive_sum = (anchors * others).sum(dim=1) / p.temperature
-
-    def gradient(self, kappa: Tensor) -> Tensor:
-        """``∂(Σ_a κ_a pos_a)/∂u``: for a valid row ``k`` of class ``g``,
-        ``(K_g + κ_k S_g − 2 κ_k u_k)/τ`` with ``K_g = Σ_{anchors a of g} κ_a u_a``."""
-        p, u = self.p, self.u
-        anchors = u.narrow(0, p.anchor_start, p.num_anchors)
-        weighted = torch.zeros_like(u).index_add_(0, self.anchor_ids, anchors * kappa.unsqueeze(1))
-        row_kappa = u.new_zeros(u.shape[0])
-        row_kappa.narrow(0, p.anchor_start, p.num_anchors).copy_(kappa)
-        grad = weighted.index_select(0, self.ids)
-        grad.addcmul_(self.class_sum.index_select(0, self.ids).sub_(u, alpha=2.0), row_kappa.unsqueeze(1))
-        return grad.mul_(self.valid / p.temperature)
 
 
 def _scalar_forward(blocks: _Blocks, mean: bool, need_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -215,8 +200,8 @@ def _scalar_forward(blocks: _Blocks, mean: bool, need_grad: bool) -> tuple[Tenso
     u = rows.vectors() if (p.groups is not None or (need_grad and p.normalize)) else None
     total = torch.zeros((), dtype=dtype, device=device)
     buf = torch.zeros(z.shape, dtype=dtype, device=device) if need_grad else None
-    group_positives = None
-    if p.groups is not None:
+    labels = p.groups is not None
+    if labels:
         assert u is not None
         group_positives = _GroupPositives(u, p)
         num_positives = group_positives.num_positives
@@ -230,33 +215,30 @@ def _scalar_forward(blocks: _Blocks, mean: bool, need_grad: bool) -> tuple[Tenso
     for b0 in blocks.ranges():
         c = blocks.size(b0)
         s = blocks.logits(b0, c)
-        if group_positives is None:
-            q = blocks.positives(b0, c)
+        q = blocks.positives(b0, c) if (buf is not None or not labels) else None
+        if labels:
+            w_b, kappa_b = w.narrow(0, b0, c), kappa.narrow(0, b0, c)
+        else:
+            assert q is not None
             npos = q.sum(dim=1)
             num_positives[b0 : b0 + c] = npos
             w_b = (npos > 0).to(dtype)
             kappa_b = w_b / npos.clamp(min=1)
-            qf = q.to(dtype)
-            total = total - (kappa_b * (s * qf).sum(dim=1)).sum()  # before exp: q is 0 off the denominator
-        else:
-            w_b = w.narrow(0, b0, c)
+            # Σ_p ℓ_ap before exp (q is 0 off the denominator, where s is finite).
+            total = total - (kappa_b * (s * q).sum(dim=1)).sum()
         row_max, row_sum = _exp_shifted_(s)
         total = total + (w_b * (row_max + row_sum.log())).sum()
         if buf is not None:
-            softmax_weight = w_b / row_sum
-            if group_positives is None:
-                g = s.mul_(softmax_weight.unsqueeze(1)).sub_(qf.mul_(kappa_b.unsqueeze(1)))
-                buf = blocks.add_gradient(buf, g, None, b0, c, scale)
-            else:
-                buf = blocks.add_gradient(buf, s, softmax_weight, b0, c, scale)
+            assert q is not None
+            # G_b = diag(w/Σ) E_b − diag(κ) Q_b: the two parts cancel in float32, before any product.
+            g = s.mul_((w_b / row_sum).unsqueeze(1)).sub_(q * kappa_b.unsqueeze(1))
+            buf = blocks.add_gradient(buf, g, b0, c, scale)
     counted = (num_positives > 0).sum()
     norm = 1.0 / counted.clamp(min=1).to(dtype) if mean else torch.ones((), dtype=dtype, device=device)
     if buf is None:
         return total * norm, num_positives, None
     if scale is not None:
         buf.div_(scale)
-    if group_positives is not None:
-        buf.sub_(rows.to_operand_space(group_positives.gradient(kappa)))
     return total * norm, num_positives, rows.input_gradient(buf.mul_(norm), u)
 
 
@@ -289,29 +271,22 @@ def _vector_forward(blocks: _Blocks) -> tuple[Tensor, Tensor, Tensor]:
 
 def _vector_backward(blocks: _Blocks, lse: Tensor, num_positives: Tensor, grad_out: Tensor) -> Tensor:
     """``∂(Σ_a grad_out_a loss_a)/∂x``: ``G_b = diag(c) π_b − diag(c/|P|) Q_b`` block by block."""
-    p, rows, dtype = blocks.p, blocks.rows, blocks.dtype
+    rows, dtype = blocks.rows, blocks.dtype
     z = rows.operands
     weight = grad_out.to(dtype) * (num_positives > 0)
     kappa = weight / num_positives.clamp(min=1)
-    u = rows.vectors() if (p.groups is not None or p.normalize) else None
     buf = torch.zeros(z.shape, dtype=dtype, device=z.device)
     scale = blocks.gradient_scale(weight)
     for b0 in blocks.ranges():
         c = blocks.size(b0)
         s = blocks.logits(b0, c)
         softmax = s.sub_(lse.narrow(0, b0, c).unsqueeze(1)).exp_()  # the softmax block π_b
-        if p.groups is None:
-            q = blocks.positives(b0, c).to(dtype).mul_(kappa.narrow(0, b0, c).unsqueeze(1))
-            g = softmax.mul_(weight.narrow(0, b0, c).unsqueeze(1)).sub_(q)
-            buf = blocks.add_gradient(buf, g, None, b0, c, scale)
-        else:
-            buf = blocks.add_gradient(buf, softmax, weight.narrow(0, b0, c), b0, c, scale)
+        q = blocks.positives(b0, c)
+        g = softmax.mul_(weight.narrow(0, b0, c).unsqueeze(1)).sub_(q * kappa.narrow(0, b0, c).unsqueeze(1))
+        buf = blocks.add_gradient(buf, g, b0, c, scale)
     if scale is not None:
         buf.div_(scale)
-    if p.groups is not None:
-        assert u is not None
-        buf.sub_(rows.to_operand_space(_GroupPositives(u, p).gradient(kappa)))
-    return rows.input_gradient(buf, u)
+    return rows.input_gradient(buf)
 
 
 class _BlockedSupCon(torch.autograd.Function):
