@@ -66,12 +66,14 @@ def supcon_loss(
         features: embeddings, ``[N, D]``, or ``[N, V, D]`` for ``V`` views per example (every
             one of the ``N·V`` vectors is an anchor and a contrast; views share their row's label).
         labels: integer class ids ``[N]``. Mutually exclusive with ``mask``.
-        mask: ``[N, N]`` bool or 0/1; ``mask[i, j]`` makes row ``j`` a positive of anchor row
-            ``i`` (may be asymmetric; tiled over views; the self entry is ignored).
+        mask: ``[N, N]`` bool (convert a 0/1 mask with ``mask.bool()``); ``mask[i, j]`` makes
+            row ``j`` a positive of anchor row ``i`` (may be asymmetric; tiled over views; the
+            self entry is ignored).
             With neither ``labels`` nor ``mask``, ``V >= 2`` is required and the views of a
             row are its only positives (SimCLR).
         temperature: ``τ > 0``.
-        normalize: l2-normalise ``features`` first; pass ``False`` for already normalised input.
+        normalize: l2-normalise ``features`` first (scale-safely: rows of any finite magnitude
+            give the loss of their directions); pass ``False`` for already normalised input.
         reduction: ``"mean"`` over anchors with a positive, ``"sum"``, or ``"none"``.
         ignore_index: rows whose label equals it are neither anchors nor contrasts.
         path: ``"dense"`` (one ``[N·V, N·V]`` logit matrix; fastest for small batches),
@@ -79,7 +81,7 @@ def supcon_loss(
             memory, same result), or ``"auto"``: dense while ``(N·V)² ≤ 2**22``, else blocked
             (see ``docs/blocked.md``).
         chunk_size: anchor rows per block on the blocked path; ``None`` picks the largest
-            multiple of 128 whose float32 block fits 256 MiB.
+            multiple of 128 whose float32 block fits 256 MiB (32 MiB on the CPU).
         gather_distributed: under an initialised :mod:`torch.distributed` group, contrast this
             rank's anchors against every rank's features and labels, with exact gradients;
             the returned value is the loss of the global batch, its gradient is scaled so that
@@ -95,7 +97,14 @@ def supcon_loss(
         A scalar, or with ``reduction="none"`` a tensor of shape ``[N]`` (``[N, V]`` for
         views) holding 0 for anchors without a positive (this rank's anchors only, when
         gathering). Its dtype is float32, or float64 for float64 features: fp16/bf16
-        features (also under ``torch.autocast``) are accumulated in float32.
+        features (also under ``torch.autocast``) enter the similarity products unrounded and
+        accumulate in float32 (docs/maths.md, "Half precision").
+
+    The call never reads tensor values on the host (no synchronisation with the device,
+    except to update a ``queue`` or to gather across ranks): NaN or Inf features give a
+    non-finite loss, or a ``ValueError`` with :class:`scl_loss.set_data_checks` on. Its
+    gradient can be differentiated again (``create_graph=True``, ``torch.func``); see
+    docs/maths.md, "Transforms".
 
     Shape:
         - features: :math:`(N, D)` or :math:`(N, V, D)`

@@ -217,3 +217,21 @@ def test_first_order_backward_is_unchanged_by_the_double_backward_path(path):
     (g,) = torch.autograd.grad(supcon_loss(b, y, path=path, chunk_size=4), b, create_graph=True)
     assert g.requires_grad
     torch.testing.assert_close(g.detach(), a.grad, **TOL)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_checkpointed_loss_has_the_same_gradient(path, use_reentrant):
+    x, y, _ = _problem()
+    layer = torch.nn.Linear(3, 3, dtype=torch.float64)
+
+    def loss_of(inputs):
+        return supcon_loss(layer(inputs), y, path=path, chunk_size=4)
+
+    loss_of(x).backward()
+    want = layer.weight.grad.clone()
+    layer.zero_grad()
+    torch.utils.checkpoint.checkpoint(
+        loss_of, x.clone().requires_grad_(True), use_reentrant=use_reentrant
+    ).backward()
+    torch.testing.assert_close(layer.weight.grad, want, **TOL)

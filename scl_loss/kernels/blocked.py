@@ -263,9 +263,10 @@ def _vector_forward(blocks: _Blocks) -> tuple[Tensor, Tensor, Tensor]:
             positive_sum[b0 : b0 + c] = (s * q.to(dtype)).sum(dim=1)
         row_max, row_sum = _exp_shifted_(s)
         lse[b0 : b0 + c] = row_max + row_sum.log()
-    # A product, not a torch.where: a NaN input must reach every output, also through w = 0.
+    # A product, not a torch.where: a NaN input must reach every output, also through w = 0
+    # (+ 0.0 turns the −0 of 0 · negative into +0).
     w = (num_positives > 0).to(dtype)
-    loss = w * (lse - positive_sum / num_positives.clamp(min=1))
+    loss = (lse - positive_sum / num_positives.clamp(min=1)).mul_(w).add_(0.0)
     return loss, num_positives, lse
 
 

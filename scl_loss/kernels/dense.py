@@ -119,7 +119,8 @@ class _DenseSupCon(torch.autograd.Function):
         log_p = torch.log_softmax(s, dim=1)
         if reduction == "none":
             q = positive / num_positives.clamp(min=1).unsqueeze(1).to(s.dtype)
-            out = (q * log_p).sum(dim=1).neg_()  # −Σ_p log p_ap / |P(a)|: exactly 0 without positives
+            # −Σ_p log p_ap / |P(a)|: exactly +0 without positives (0 − x, not −x, which gives −0)
+            out = torch.rsub((q * log_p).sum(dim=1), 0.0)
             return out, num_positives, log_p, q
         # w_a: ∂L/∂loss_a, 0 for anchors left out; q·w folds the positive weights in.
         has_positive = num_positives > 0
@@ -128,7 +129,7 @@ class _DenseSupCon(torch.autograd.Function):
         else:
             w = has_positive.to(s.dtype)
         qw = positive * (w / num_positives.clamp(min=1)).unsqueeze(1)
-        out = torch.dot(qw.flatten(), log_p.flatten()).neg()
+        out = torch.rsub(torch.dot(qw.flatten(), log_p.flatten()), 0.0)  # +0, not −0, without positives
         if not need_grad:
             return out, num_positives, s.new_empty(0)
         # −G = qw − w·π: the negated gradient with respect to the logits.
