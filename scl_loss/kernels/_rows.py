@@ -69,17 +69,20 @@ class Rows:
         return grad_u if self.scales is None else grad_u * self.scales.unsqueeze(1)
 
     def input_gradient(self, grad: Tensor, u: Tensor | None = None) -> Tensor:
-        """The gradient with respect to the input rows from ``grad``, the one with respect to the
-        operands with the scales held fixed: ``grad_scales ⊙ (grad − u (u·grad))`` when normalising
-        (the projection is the scales' own derivative), ``grad`` otherwise. In the compute dtype:
-        the caller rounds it to the input dtype once, after any scaling by ``grad_output``."""
+        """The gradient with respect to the input rows from ``grad`` (overwritten), the one with
+        respect to the operands with the scales held fixed: ``grad_scales ⊙ (grad − u (u·grad))``
+        when normalising (the projection is the scales' own derivative), ``grad`` otherwise.
+
+        In the compute dtype (rounded once where ``grad_scales`` is float64): the caller rounds
+        it to the input dtype once, after any scaling by ``grad_output``.
+        """
         if self.normalize:
             u = self.vectors() if u is None else u
-            radial = (u * grad).sum(dim=1, keepdim=True)
-            grad = torch.addcmul(grad, u, radial, value=-1.0)
+            radial = torch.einsum("md,md->m", u, grad)  # one batched product, no [M, D] temporary
+            grad = grad.addcmul_(u, radial.unsqueeze(1), value=-1.0)
         if self.grad_scales is not None:
-            grad = grad * self.grad_scales.unsqueeze(1)
-        return grad.to(self.dtype)
+            grad = grad.mul_(self.grad_scales.unsqueeze(1))
+        return grad
 
 
 def _inverse(norm: Tensor) -> Tensor:

@@ -174,22 +174,26 @@ class _GroupPositives:
         assert p.groups is not None
         m = u.shape[0]
         # Compact ids in [0, M) without a host sync (torch.unique would need one for its size):
-        # sort, mark where the group changes, cumulative sum, scatter back.
+        # sort, mark where the group changes, cumulative sum, scatter back. Invalid rows go to
+        # an extra id M, so the sums need no masked copy of u.
         sorted_groups, order = torch.sort(p.groups, stable=True)
         starts = torch.ones_like(sorted_groups, dtype=torch.bool)
         starts[1:] = sorted_groups[1:] != sorted_groups[:-1]
-        self.ids = torch.empty_like(order).scatter_(0, order, torch.cumsum(starts, 0) - 1)
-        valid = p.valid.to(u.dtype).unsqueeze(1)
-        class_sum = u.new_zeros(m, u.shape[1]).index_add_(0, self.ids, u * valid)
-        class_count = torch.zeros(m, dtype=torch.int64, device=u.device).index_add_(
-            0, self.ids, p.valid.to(torch.int64)
+        ids = torch.empty_like(order).scatter_(0, order, torch.cumsum(starts, 0) - 1)
+        ids = torch.where(p.valid, ids, m)
+        class_sum = u.new_zeros(m + 1, u.shape[1]).index_add_(0, ids, u)
+        class_count = torch.zeros(m + 1, dtype=torch.int64, device=u.device).index_add_(
+            0, ids, torch.ones_like(ids)
         )
-        anchor_ids = self.ids.narrow(0, p.anchor_start, p.num_anchors)
+        anchor_ids = ids.narrow(0, p.anchor_start, p.num_anchors)
         anchor_valid = p.valid.narrow(0, p.anchor_start, p.num_anchors)
         anchors = u.narrow(0, p.anchor_start, p.num_anchors)
         self.num_positives = torch.where(anchor_valid, class_count.index_select(0, anchor_ids) - 1, 0)
-        others = class_sum.index_select(0, anchor_ids) - anchors
-        self.positive_sum = (anchors * others).sum(dim=1) / p.temperature
+        # z_a·(S_g − z_a), as two batched dot products (no [A, D] temporary beyond the gathered sums).
+        gathered = class_sum.index_select(0, anchor_ids)
+        del class_sum
+        dots = torch.einsum("ad,ad->a", anchors, gathered) - torch.einsum("ad,ad->a", anchors, anchors)
+        self.positive_sum = dots / p.temperature
 
 
 def _scalar_forward(blocks: _Blocks, mean: bool, need_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -199,7 +203,6 @@ def _scalar_forward(blocks: _Blocks, mean: bool, need_grad: bool) -> tuple[Tenso
     device = z.device
     u = rows.vectors() if (p.groups is not None or (need_grad and p.normalize)) else None
     total = torch.zeros((), dtype=dtype, device=device)
-    buf = torch.zeros(z.shape, dtype=dtype, device=device) if need_grad else None
     labels = p.groups is not None
     if labels:
         assert u is not None
@@ -210,6 +213,9 @@ def _scalar_forward(blocks: _Blocks, mean: bool, need_grad: bool) -> tuple[Tenso
         total = total - (kappa * group_positives.positive_sum).sum()
     else:
         num_positives = torch.zeros(blocks.num_anchors, dtype=torch.int64, device=device)
+    buf = (
+        torch.zeros(z.shape, dtype=dtype, device=device) if need_grad else None
+    )  # after the class sums: lower peak
     # Block gradients have entries of at most 1 (before the 1/τ and scales).
     scale = blocks.gradient_scale(None) if need_grad else None
     for b0 in blocks.ranges():

@@ -156,23 +156,7 @@ class _DenseSupCon(torch.autograd.Function):
 
 
 def _dense_backward(ctx: Any, grad_out: Tensor | None) -> Tensor | None:
-    x, num_positives, *saved = ctx.saved_tensors
-    p, reduction = ctx.problem, ctx.reduction
-    if grad_out is None:
-        return None
-    if torch.is_grad_enabled() or (reduction != "none" and saved[0].numel() == 0):
-        # create_graph=True or torch.func: a gradient autograd can differentiate again.
-        return formula.input_gradient(x, p, reduction, grad_out, p.num_anchors)
-    if reduction != "none":
-        return (saved[0] * grad_out).to(x.dtype)
-    log_p, q = saved
-    rows = prepare_rows(x, p.normalize)
-    weight = grad_out.to(log_p.dtype) * (num_positives > 0)
-    g = torch.addcmul(q * grad_out.to(q.dtype).unsqueeze(1), log_p.exp(), weight.unsqueeze(1), value=-1.0)
-    return rows.input_gradient(_operand_gradient(rows, g, p)).to(x.dtype)
-
-
-def _dense_backward(ctx: Any, grad_out: Tensor | None) -> Tensor | None:
+    """``∂(Σ grad_out ⊙ output)/∂x`` for :class:`_DenseSupCon`'s backward."""
     x, num_positives, *saved = ctx.saved_tensors
     p, reduction = ctx.problem, ctx.reduction
     if grad_out is None:
