@@ -77,7 +77,7 @@ def test_the_counter_sees_syncs():
 # --- the paper's batch: N = 16, D = 1024, float32, labels, default arguments ------------------
 
 #: Compute ops of one forward+backward at N = 16, D = 1024 (issue 10: ≤ 40 and ≤ 50). Measured
-#: 35 and 48; the bounds are the issue's targets.
+#: 33 and 46 (2026-11, torch 2.13); the bounds are the issue's targets.
 SUPCON_OP_BUDGET = 40
 SCL_CE_OP_BUDGET = 50
 
