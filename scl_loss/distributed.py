@@ -38,7 +38,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from scl_loss._problem import ContrastProblem
+from scl_loss._problem import ContrastProblem, compute_dtype
 
 __all__ = [
     "cross_entropy_across_ranks",
@@ -49,9 +49,7 @@ __all__ = [
 ]
 
 # Column names of the per-rank metadata row, used in error messages.
-_META_FIELDS = ("rows", "views", "dim", "dtype", "labels", "ignore_index", "temperature", "normalize")
-# The contrasts are gathered in the input dtype (the kernels normalise them): ranks must agree on it.
-_DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
+_META_FIELDS = ("rows", "views", "dim", "float64", "labels", "ignore_index", "temperature", "normalize")
 
 
 def is_gathering(gather_distributed: object, process_group: object) -> bool:
@@ -125,7 +123,9 @@ def gather_problem(
     gradients. Every rank sees the same gathered metadata, so all raise together.
     """
     rank, world = _world(process_group)
-    z = problem.contrasts
+    # The rows as given (the kernel normalises them), upcast to the compute dtype: the gather's
+    # backward then sums the ranks' gradients in float32, not in a half dtype.
+    z = problem.contrasts.to(compute_dtype(problem.contrasts.dtype))
     n = features.shape[0]
     views = features.shape[1] if features.dim() == 3 else 1
     meta = torch.tensor(
@@ -133,7 +133,7 @@ def gather_problem(
             n,
             views,
             z.shape[1],
-            float(_DTYPE_CODES.get(z.dtype, -1)),
+            float(z.dtype == torch.float64),
             float(has_labels),
             ignore_index,
             problem.temperature,
