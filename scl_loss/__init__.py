@@ -5,6 +5,7 @@
 """
 
 from scl_loss import functional, reference
+from scl_loss._validation import data_checks_enabled, set_data_checks
 from scl_loss.cached import cached_backward
 from scl_loss.functional import SCLComponents, scl_cross_entropy, supcon_loss
 from scl_loss.losses import SCLCrossEntropy, SupConLoss
@@ -16,9 +17,11 @@ __all__ = [
     "SCLCrossEntropy",
     "SupConLoss",
     "cached_backward",
+    "data_checks_enabled",
     "functional",
     "reference",
     "scl_cross_entropy",
+    "set_data_checks",
     "supcon_loss",
 ]
 

@@ -1,13 +1,15 @@
 """Turn the user's ``(features, labels | mask)`` into the flat problem the kernels solve.
 
-Every kernel sees the same :class:`ContrastProblem`: ``M`` l2-normalised contrast vectors,
-a contiguous slice of them that are the anchors, and the rule that says which contrasts
-are positives of which anchor. Keeping this in one place means the dense path, the blocked
-path and any user kernel agree on views, masks and ``ignore_index`` by construction.
+Every kernel sees the same :class:`ContrastProblem`: ``M`` contrast vectors (as the user gave
+them; the kernel normalises them when asked), a contiguous slice of them that are the anchors,
+and the rule that says which contrasts are positives of which anchor. Keeping this in one
+place means the dense path, the blocked path and any user kernel agree on views, masks and
+``ignore_index`` by construction.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -19,8 +21,9 @@ class ContrastProblem:
     """The flat form of one SupCon loss evaluation.
 
     Attributes:
-        contrasts: ``[M, D]`` vectors in the compute dtype (float32, or float64 for float64 input),
-            already l2-normalised when the user asked for it.
+        contrasts: ``[M, D]`` vectors as given (the input's dtype, rows flattened over views):
+            the kernels l2-normalise them when ``normalize`` is set, scale-safely and with their
+            own gradient (docs/maths.md), so half-precision values reach the products unrounded.
         anchor_start: anchors are ``contrasts[anchor_start : anchor_start + num_anchors]``;
             anchor ``a`` never contrasts with its own row ``anchor_start + a``.
         num_anchors: ``A``.
@@ -34,6 +37,7 @@ class ContrastProblem:
         valid: ``[M]`` bool, False for rows that take no part (``ignore_index``).
         temperature: ``τ > 0``.
         mask_views: the view count ``V`` by which ``pos_mask`` is tiled (1: stored tiled).
+        normalize: the loss is on ``contrasts / ‖contrasts‖`` (row-wise), not on ``contrasts``.
     """
 
     contrasts: Tensor
@@ -44,6 +48,7 @@ class ContrastProblem:
     valid: Tensor
     temperature: float
     mask_views: int = 1
+    normalize: bool = True
 
     def mask_rows(self, start: int, length: int) -> Tensor:
         """``[length, M]`` bool: the tiled ``pos_mask`` rows of anchors ``start … start+length−1``.
@@ -53,6 +58,21 @@ class ContrastProblem:
         """
         assert self.pos_mask is not None
         return tile_mask_rows(self.pos_mask, self.mask_views, start, length)
+
+    def tensors(self) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor]:
+        """``(contrasts, groups, pos_mask, valid)``.
+
+        A kernel's ``autograd.Function`` takes these as inputs and rebuilds the problem with
+        :meth:`with_tensors`: ``torch.func`` transforms unwrap a Function's tensor inputs, not
+        tensors inside other objects.
+        """
+        return self.contrasts, self.groups, self.pos_mask, self.valid
+
+    def with_tensors(
+        self, contrasts: Tensor, groups: Tensor | None, pos_mask: Tensor | None, valid: Tensor
+    ) -> ContrastProblem:
+        """This problem with the tensors of :meth:`tensors` replaced."""
+        return dataclasses.replace(self, contrasts=contrasts, groups=groups, pos_mask=pos_mask, valid=valid)
 
 
 def tile_mask_rows(pos_mask: Tensor, views: int, start: int, length: int) -> Tensor:
@@ -66,27 +86,6 @@ def tile_mask_rows(pos_mask: Tensor, views: int, start: int, length: int) -> Ten
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Similarities and the logsumexp accumulate in float32 for half inputs, float64 for float64."""
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def flatten_views(features: Tensor, normalize: bool) -> Tensor:
-    """``[N, D]`` or ``[N, V, D]`` -> ``[N·V, D]`` in the compute dtype.
-
-    Row ``n·V + v`` is view ``v`` of example ``n``.
-    """
-    z = features.reshape(-1, features.shape[-1]).to(compute_dtype(features.dtype))
-    return l2_normalize(z) if normalize else z
-
-
-def l2_normalize(z: Tensor, eps: float = 1e-12) -> Tensor:
-    """Rows divided by their l2 norm; an all-zero row stays zero and gets zero gradient.
-
-    ``F.normalize`` gives a zero row the gradient ``g / eps`` (1e12·g): finite in float32 but
-    inf once cast back to a float16 input's gradient. Normalisation has no derivative at 0,
-    so a zero row gets none. Every intermediate stays finite, so no ``0·inf`` reaches backward.
-    """
-    norm = torch.linalg.vector_norm(z, dim=1, keepdim=True)
-    inverse = torch.where(norm > 0, 1.0 / norm.clamp(min=eps), 0.0)
-    return z * inverse
 
 
 def build_problem(
@@ -104,19 +103,19 @@ def build_problem(
     """
     n = features.shape[0]
     views = features.shape[1] if features.dim() == 3 else 1
-    z = flatten_views(features, normalize)
+    z = features.reshape(n * views, features.shape[-1])  # row n·V + v is view v of example n
     groups: Tensor | None = None
     pos_mask: Tensor | None = None
     if labels is not None:
         labels = labels.to(torch.int64)
-        valid = (labels != ignore_index).repeat_interleave(views)
-        groups = labels.repeat_interleave(views)
+        valid = _tile_rows(labels != ignore_index, views)
+        groups = _tile_rows(labels, views)
     elif mask is not None:
         valid = torch.ones(n * views, dtype=torch.bool, device=z.device)
         pos_mask = mask  # kept untiled: ContrastProblem.mask_rows expands the rows a kernel needs
     else:  # SimCLR: the other views of a row are its only positives
         valid = torch.ones(n * views, dtype=torch.bool, device=z.device)
-        groups = torch.arange(n, device=z.device).repeat_interleave(views)
+        groups = _tile_rows(torch.arange(n, device=z.device), views)
     return ContrastProblem(
         contrasts=z,
         anchor_start=0,
@@ -126,4 +125,10 @@ def build_problem(
         valid=valid,
         temperature=temperature,
         mask_views=views if mask is not None else 1,
+        normalize=normalize,
     )
+
+
+def _tile_rows(t: Tensor, views: int) -> Tensor:
+    """``[N]`` -> ``[N·V]``, each entry repeated ``V`` times (no op for ``V = 1``)."""
+    return t if views == 1 else t.repeat_interleave(views)

@@ -3,6 +3,10 @@
 Each check raises a ``TypeError`` (wrong kind of object or dtype) or a ``ValueError``
 (right kind, wrong value or shape) whose message names the argument and what was expected,
 so a user sees at once which call site is wrong.
+
+Checks of types, shapes, dtypes and devices are free (they read metadata) and always run.
+Checks that read tensor *values* (finite features and logits) synchronise the host with
+the device, so they are off by default and switched on by :class:`set_data_checks`.
 """
 
 from __future__ import annotations
@@ -17,11 +21,73 @@ REDUCTIONS = ("mean", "sum", "none")
 
 _INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
+# The one switch for checks that read tensor values; see set_data_checks. A module global
+# (not thread-local) so that torch.compile guards on it: flipping it recompiles once.
+_data_checks = False
 
-def _is_compiling() -> bool:
-    # Data-dependent checks (they read tensor values, i.e. synchronise) are skipped while
-    # torch.compile traces: the eager call of the same code has already checked them.
-    return torch.compiler.is_compiling()
+
+class set_data_checks:
+    r"""Turn on (or off) the argument checks that read tensor values.
+
+    By default the losses check only what is free to check (types, shapes, dtypes, devices)
+    and never read tensor values: reading one waits for the device (a host sync). A non-finite
+    input then gives a non-finite loss, as in torch's own losses. With the checks on, NaN or
+    Inf in ``features`` or ``logits`` raises a ``ValueError`` naming the argument instead, in
+    eager mode and under :func:`torch.compile` alike (the check runs outside the compiled graph).
+
+    Use it like :class:`torch.autograd.set_detect_anomaly`: as a function call, or as a
+    context manager that restores the previous setting on exit.
+
+    Args:
+        mode: ``True`` to check, ``False`` not to.
+
+    Example:
+        >>> import torch
+        >>> import scl_loss
+        >>> features = torch.tensor([[1.0, float("nan")], [0.0, 1.0]])
+        >>> scl_loss.supcon_loss(features, torch.tensor([0, 0]))
+        tensor(nan)
+        >>> with scl_loss.set_data_checks(True):
+        ...     scl_loss.supcon_loss(features, torch.tensor([0, 0]))
+        Traceback (most recent call last):
+        ...
+        ValueError: features must be finite, but it contains NaN or Inf
+        >>> scl_loss.data_checks_enabled()
+        False
+    """
+
+    def __init__(self, mode: bool) -> None:
+        global _data_checks
+        if not isinstance(mode, bool):
+            raise TypeError(f"mode must be a bool, got {type(mode).__name__}")
+        self.previous = _data_checks
+        _data_checks = mode
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc_info: object) -> None:
+        global _data_checks
+        _data_checks = self.previous
+
+
+def data_checks_enabled() -> bool:
+    """Whether the checks that read tensor values are on (see :class:`set_data_checks`)."""
+    return _data_checks
+
+
+@torch.compiler.disable
+def _check_finite(tensor: Tensor, name: str) -> None:
+    # Outside any compiled graph (a graph break when traced), so compiled and eager calls raise alike.
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name} must be finite, but it contains NaN or Inf")
+
+
+def check_finite(tensor: Tensor, name: str) -> Tensor:
+    """``tensor`` must hold no NaN or Inf, checked only when :class:`set_data_checks` is on."""
+    if _data_checks:
+        _check_finite(tensor, name)
+    return tensor
 
 
 def check_positive_finite(name: str, value: object) -> float:
@@ -55,7 +121,10 @@ def check_int(name: str, value: object) -> int:
 
 
 def check_features(features: object, name: str = "features") -> Tensor:
-    """``features`` must be a finite floating tensor of shape ``[N, D]`` or ``[N, V, D]``."""
+    """``features`` must be a floating tensor of shape ``[N, D]`` or ``[N, V, D]``.
+
+    Finite values are checked only with :class:`set_data_checks` on (see :func:`check_finite`).
+    """
     if not isinstance(features, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(features).__name__}")
     if not features.is_floating_point():
@@ -64,9 +133,7 @@ def check_features(features: object, name: str = "features") -> Tensor:
         raise ValueError(f"{name} must have shape [N, D] or [N, V, D] (V views), got {tuple(features.shape)}")
     if features.shape[-1] == 0 or (features.dim() == 3 and features.shape[1] == 0):
         raise ValueError(f"{name} must have D >= 1 and V >= 1, got shape {tuple(features.shape)}")
-    if not _is_compiling() and not bool(torch.isfinite(features).all()):
-        raise ValueError(f"{name} must be finite, but it contains NaN or Inf")
-    return features
+    return check_finite(features, name)
 
 
 def check_labels(
@@ -85,19 +152,22 @@ def check_labels(
 
 
 def check_mask(mask: object, n: int, device: torch.device, name: str = "mask") -> Tensor:
-    """``mask`` must be a ``[N, N]`` bool or 0/1 tensor on the features' device."""
+    """``mask`` must be a ``[N, N]`` bool tensor on the features' device.
+
+    Other dtypes are refused by dtype: accepting a 0/1 float mask would mean reading its
+    values to reject 0.5 (a host sync on every call).
+    """
     if not isinstance(mask, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(mask).__name__}")
-    if mask.dtype.is_complex:
-        raise TypeError(f"{name} must be bool or hold 0/1 values, got {mask.dtype}")
+    if mask.dtype != torch.bool:
+        raise TypeError(
+            f"{name} must be a bool tensor, got {mask.dtype}; convert a 0/1 mask with {name}.bool() "
+            f"(or {name} != 0)"
+        )
     if mask.shape != (n, n):
         raise ValueError(f"{name} must have shape [N, N] = [{n}, {n}], got {tuple(mask.shape)}")
     if mask.device != device:
         raise ValueError(f"{name} must be on the features' device {device}, got {mask.device}")
-    if mask.dtype != torch.bool:
-        if not _is_compiling() and not bool(((mask == 0) | (mask == 1)).all()):
-            raise ValueError(f"{name} must hold only 0 and 1 (or be bool)")
-        mask = mask != 0
     return mask
 
 

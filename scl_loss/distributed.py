@@ -38,7 +38,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from scl_loss._problem import ContrastProblem
+from scl_loss._problem import ContrastProblem, compute_dtype
 
 __all__ = [
     "cross_entropy_across_ranks",
@@ -123,7 +123,9 @@ def gather_problem(
     gradients. Every rank sees the same gathered metadata, so all raise together.
     """
     rank, world = _world(process_group)
-    z = problem.contrasts
+    # The rows as given (the kernel normalises them), upcast to the compute dtype: the gather's
+    # backward then sums the ranks' gradients in float32, not in a half dtype.
+    z = problem.contrasts.to(compute_dtype(problem.contrasts.dtype))
     n = features.shape[0]
     views = features.shape[1] if features.dim() == 3 else 1
     meta = torch.tensor(

@@ -5,6 +5,7 @@ The modules in :mod:`scl_loss.losses` are thin wrappers over these two functions
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -65,12 +66,14 @@ def supcon_loss(
         features: embeddings, ``[N, D]``, or ``[N, V, D]`` for ``V`` views per example (every
             one of the ``N·V`` vectors is an anchor and a contrast; views share their row's label).
         labels: integer class ids ``[N]``. Mutually exclusive with ``mask``.
-        mask: ``[N, N]`` bool or 0/1; ``mask[i, j]`` makes row ``j`` a positive of anchor row
-            ``i`` (may be asymmetric; tiled over views; the self entry is ignored).
+        mask: ``[N, N]`` bool (convert a 0/1 mask with ``mask.bool()``); ``mask[i, j]`` makes
+            row ``j`` a positive of anchor row ``i`` (may be asymmetric; tiled over views; the
+            self entry is ignored).
             With neither ``labels`` nor ``mask``, ``V >= 2`` is required and the views of a
             row are its only positives (SimCLR).
         temperature: ``τ > 0``.
-        normalize: l2-normalise ``features`` first; pass ``False`` for already normalised input.
+        normalize: l2-normalise ``features`` first (scale-safely: rows of any finite magnitude
+            give the loss of their directions); pass ``False`` for already normalised input.
         reduction: ``"mean"`` over anchors with a positive, ``"sum"``, or ``"none"``.
         ignore_index: rows whose label equals it are neither anchors nor contrasts.
         path: ``"dense"`` (one ``[N·V, N·V]`` logit matrix; fastest for small batches),
@@ -78,7 +81,7 @@ def supcon_loss(
             memory, same result), or ``"auto"``: dense while ``(N·V)² ≤ 2**22``, else blocked
             (see ``docs/blocked.md``).
         chunk_size: anchor rows per block on the blocked path; ``None`` picks the largest
-            multiple of 128 whose float32 block fits 256 MiB.
+            multiple of 128 whose float32 block fits 256 MiB (32 MiB on the CPU).
         gather_distributed: under an initialised :mod:`torch.distributed` group, contrast this
             rank's anchors against every rank's features and labels, with exact gradients;
             the returned value is the loss of the global batch, its gradient is scaled so that
@@ -94,7 +97,14 @@ def supcon_loss(
         A scalar, or with ``reduction="none"`` a tensor of shape ``[N]`` (``[N, V]`` for
         views) holding 0 for anchors without a positive (this rank's anchors only, when
         gathering). Its dtype is float32, or float64 for float64 features: fp16/bf16
-        features (also under ``torch.autocast``) are accumulated in float32.
+        features (also under ``torch.autocast``) enter the similarity products unrounded and
+        accumulate in float32 (docs/maths.md, "Half precision").
+
+    The call never reads tensor values on the host (no synchronisation with the device,
+    except to update a ``queue`` or to gather across ranks): NaN or Inf features give a
+    non-finite loss, or a ``ValueError`` with :class:`scl_loss.set_data_checks` on. Its
+    gradient can be differentiated again (``create_graph=True``, ``torch.func``); see
+    docs/maths.md, "Transforms".
 
     Shape:
         - features: :math:`(N, D)` or :math:`(N, V, D)`
@@ -139,7 +149,7 @@ def supcon_loss(
         raise ValueError("gather_distributed=True does not support mask=; pass labels (or views only)")
     # Autocast would run the similarity products in half precision; the loss accumulates in
     # float32 (float64 for float64 input) whatever the caller's autocast state.
-    with torch.autocast(features.device.type, enabled=False):
+    with _autocast_off(features.device.type):
         problem = build_problem(
             features, labels, mask, temperature=temperature, normalize=normalize, ignore_index=ignore_index
         )
@@ -202,7 +212,10 @@ def scl_cross_entropy(
 
     ``λ = 0`` returns exactly CE and does not compute SCL; ``λ = 1`` returns exactly SCL.
     A batch whose labels are all ``ignore_index`` gives a graph-connected zero CE (where
-    ``torch`` would return NaN).
+    ``torch`` would return NaN). CE is accumulated in float32 for half-precision logits.
+    Neither term reads tensor values on the host (no synchronisation); NaN or Inf in ``logits``
+    or ``features`` gives a non-finite loss, or a ``ValueError`` with
+    :class:`scl_loss.set_data_checks` on.
 
     Args:
         logits: classifier outputs ``[N, C]``.
@@ -251,6 +264,7 @@ def scl_cross_entropy(
         raise TypeError(f"logits must have a floating dtype, got {logits.dtype}")
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape [N, C], got {tuple(logits.shape)}")
+    v.check_finite(logits, "logits")  # the same data-check policy as for features
     if isinstance(features, Tensor) and features.device != logits.device:
         raise ValueError(f"features must be on the logits' device {logits.device}, got {features.device}")
     features = v.check_features(features)
@@ -266,14 +280,13 @@ def scl_cross_entropy(
     gather = distributed.is_gathering(gather_distributed, process_group)
     memory.check_queue(queue, has_labels=True)
 
-    zero = logits.sum() * 0.0
     if lambda_ < 1.0:
         if gather:
             ce = distributed.cross_entropy_across_ranks(
                 logits, labels, weight, ignore_index, label_smoothing, process_group
             )
         else:
-            ce = _cross_entropy(logits, labels, weight, ignore_index, label_smoothing, zero)
+            ce = _cross_entropy(logits, labels, weight, ignore_index, label_smoothing)
     if lambda_ > 0.0:
         scl = supcon_loss(
             features,
@@ -288,14 +301,23 @@ def scl_cross_entropy(
             queue=queue,
         )
     if lambda_ == 0.0:
-        loss, scl = ce, zero.detach()
+        loss, scl = ce, ce.new_zeros(())
     elif lambda_ == 1.0:
-        loss, ce = scl, zero.detach()
+        loss, ce = scl, scl.new_zeros(())
     else:
-        loss = (1.0 - lambda_) * ce + lambda_ * scl
+        if ce.dtype != scl.dtype:  # float32 CE with float64 SCL
+            ce, scl = ce.to(torch.float64), scl.to(torch.float64)
+        loss = torch.lerp(ce, scl, lambda_)  # (1 − λ)·ce + λ·scl in one op
     if return_components:
         return SCLComponents(loss, ce, scl)
     return loss
+
+
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager[object]:
+    # Devices without autocast (e.g. "meta") cannot even construct a disabled one.
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _cross_entropy(
@@ -304,16 +326,24 @@ def _cross_entropy(
     weight: Tensor | None,
     ignore_index: int,
     label_smoothing: float,
-    zero: Tensor,
 ) -> Tensor:
-    # torch returns NaN (0/0) for a batch whose every label is ignore_index; we return a
-    # graph-connected zero instead, as SCL does for a batch without positives.
-    if not torch.compiler.is_compiling() and not bool((labels != ignore_index).any()):
-        return zero
-    return F.cross_entropy(
+    """``F.cross_entropy``'s batch mean ``Σ_i w_{y_i} ce_i / Σ_i w_{y_i}`` (non-ignored rows), as
+    per-row losses over the clamped weight sum: a batch whose every label is ``ignore_index``
+    gives a graph-connected 0 (torch: 0/0 = NaN) without a host-side check. Summed in float32
+    for half logits (a half sum overflows on large batches)."""
+    labels = labels.to(torch.int64)
+    per_row = F.cross_entropy(
         logits,
-        labels.to(torch.int64),
+        labels,
         weight=weight,
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
+        reduction="none",
     )
+    total = per_row.sum(dtype=torch.float64 if per_row.dtype == torch.float64 else torch.float32)
+    kept = labels != ignore_index
+    if weight is None:
+        return total / kept.sum().clamp(min=1)
+    row_weight = weight.to(total.dtype).index_select(0, labels.masked_fill(~kept, 0))
+    denominator = torch.where(kept, row_weight, 0.0).sum()
+    return total / denominator.clamp(min=torch.finfo(total.dtype).tiny)

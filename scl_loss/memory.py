@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from scl_loss._problem import ContrastProblem
+from scl_loss._problem import ContrastProblem, compute_dtype
+from scl_loss.kernels._rows import prepare_rows
 
 __all__ = ["MemoryQueue"]
 
@@ -192,12 +193,15 @@ def append_queue(problem: ContrastProblem, queue: MemoryQueue) -> ContrastProble
         raise ValueError(f"features have dimension D = {z.shape[1]} but the queue stores dim = {queue.dim}")
     assert problem.groups is not None  # check_queue requires labels
     # The order of contrasts does not change the loss: use the filled slots as stored, no copy.
-    stored = queue.embeddings[: len(queue)].to(z.dtype)
+    stored = queue.embeddings[: len(queue)]
     stored_labels = queue.labels[: len(queue)]
+    # Contrasts are the raw rows (the kernel normalises them). Half rows keep their dtype, and so
+    # their exact half-precision products, only when the queue stores that dtype too.
+    dtype = z.dtype if stored.dtype == z.dtype else compute_dtype(z.dtype)
     # replace(): the anchors and any other field of the problem (e.g. the input dtype) stay as they are.
     return dataclasses.replace(
         problem,
-        contrasts=torch.cat([z, stored]),
+        contrasts=torch.cat([z.to(dtype), stored.to(dtype)]),
         groups=torch.cat([problem.groups, stored_labels]),
         valid=torch.cat([problem.valid, torch.ones_like(stored_labels, dtype=torch.bool)]),
     )
@@ -207,4 +211,7 @@ def enqueue_batch(queue: MemoryQueue, problem: ContrastProblem) -> None:
     """Append the batch's vectors and labels (every rank's, when gathered), skipping ignored rows."""
     assert problem.groups is not None
     keep = problem.valid
-    queue.enqueue(problem.contrasts.detach()[keep], problem.groups[keep])
+    rows = problem.contrasts.detach()[keep]
+    if problem.normalize:  # the queue keeps l2-normalised vectors
+        rows = prepare_rows(rows, normalize=True).vectors()
+    queue.enqueue(rows, problem.groups[keep])

@@ -129,11 +129,28 @@ def test_gpu_script_runs_end_to_end_in_cpu_smoke_mode(tmp_path):
     assert gpu_check.main(["--cpu-smoke", "--no-memory", "--out", str(tmp_path)]) == 0
     correctness = json.loads((tmp_path / "correctness.json").read_text())
     names = {c["impl"] for c in correctness}
-    assert {"default", "reference_dense"} <= names
+    assert {"default", "dense", "blocked", "reference_dense"} <= names
     assert all(c["ok"] for c in correctness)
+    # Every path of ours in every dtype, half precision held to the contract.
+    ours = {(c["impl"], c["dtype"]) for c in correctness if c["kind"] == "library"}
+    assert {
+        (i, d) for i in ("default", "dense", "blocked") for d in ("float32", "bfloat16", "float16")
+    } <= ours
+    assert all(c["grad_err_vs_rounding"] <= 2.0 for c in correctness if "grad_err_vs_rounding" in c)
+    syncs = json.loads((tmp_path / "syncs.json").read_text())
+    assert {(c["fn"], c["path"]) for c in syncs} == {
+        (fn, path) for fn in ("supcon_loss", "scl_cross_entropy") for path in ("dense", "blocked")
+    }
+    assert all(c["ok"] and c["syncs"] == 0 for c in syncs)
     kernels = json.loads((tmp_path / "kernels.json").read_text())
     assert kernels["default"]["aten_ops"] > 0
+    assert kernels["scl_cross_entropy"]["aten_ops"] > 0
+    half = json.loads((tmp_path / "half_gradient.json").read_text())
+    assert half["hi+lo"]["fwd_bwd_seconds"] > 0
+    assert half["hi+lo"]["grad_error_vs_rounding"] <= 2.0
     report = (tmp_path / "benchmarks.md").read_text()
     assert "| default |" in report
     assert "checks passed" in report
+    assert "calls without a host sync" in report
+    assert "| hi+lo |" in report
     assert (tmp_path / "benchmarks.png").exists()

@@ -1,5 +1,6 @@
 """``torch.compile`` of a small training step that uses the loss: both kernel paths trace into
-one graph (``fullgraph=True``) and match eager mode, values and gradients."""
+one graph (``fullgraph=True``) and match eager mode, values and gradients, in float32 and with
+bfloat16 features. Bad and degenerate inputs (eager == compiled) are in tests/test_data_checks.py."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ def grads(model: torch.nn.Module) -> list[torch.Tensor]:
     return [p.grad.clone() for p in model.parameters()]
 
 
-def compiled_step_matches_eager(path: str, backend: str, with_per_anchor: bool) -> None:
+def compiled_step_matches_eager(
+    path: str, backend: str, with_per_anchor: bool, dtype: torch.dtype = torch.float32
+) -> None:
     torch.manual_seed(0)
     model = TinyClassifier()
     criterion = SCLCrossEntropy(0.7, 0.2, path=path, chunk_size=8)
@@ -34,6 +37,7 @@ def compiled_step_matches_eager(path: str, backend: str, with_per_anchor: bool) 
 
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits, features = model(x)
+        features = features.to(dtype)  # bf16: the exact half-precision products
         loss = criterion(logits, features, y)  # scalar: gradient computed in the forward sweep
         if with_per_anchor:  # vector output: the blocked backward recomputes the blocks
             per_anchor = supcon_loss(features, y, temperature=0.3, reduction="none", path=path, chunk_size=8)
@@ -54,9 +58,10 @@ def compiled_step_matches_eager(path: str, backend: str, with_per_anchor: bool) 
 
 
 @pytest.mark.parametrize("path", ["dense", "blocked"])
-def test_traced_training_step_matches_eager(path):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_traced_training_step_matches_eager(path, dtype):
     """Dynamo + AOTAutograd (no code generation): the whole step is one graph."""
-    compiled_step_matches_eager(path, "aot_eager", with_per_anchor=True)
+    compiled_step_matches_eager(path, "aot_eager", with_per_anchor=True, dtype=dtype)
 
 
 # Inductor generates and compiles C++ for the CPU (~40 s on two cores), so only for the path

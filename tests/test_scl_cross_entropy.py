@@ -61,8 +61,39 @@ def test_mixture_matches_its_definition(lambda_, tau, scl_reduction, seed, label
 def test_lambda_zero_is_exactly_ce_and_skips_scl():
     logits, features, labels = _batch()
     with mock.patch.object(functional, "supcon_loss", side_effect=AssertionError("SCL computed")):
-        out = scl_cross_entropy(logits, features, labels, lambda_=0.0, tau=0.3)
-    assert torch.equal(out, F.cross_entropy(logits, labels))
+        out = scl_cross_entropy(logits, features, labels, lambda_=0.0, tau=0.3, return_components=True)
+    assert torch.equal(out.loss, out.ce)
+    # The CE term is F.cross_entropy's mean, summed in another order: equal to rounding.
+    torch.testing.assert_close(out.loss, F.cross_entropy(logits, labels), rtol=1e-14, atol=0.0)
+
+
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 12),
+    classes=st.integers(2, 5),
+    label_smoothing=st.sampled_from([0.0, 0.1, 0.5]),
+    weighted=st.booleans(),
+    ignored=st.floats(0.0, 0.6),
+    dtype=st.sampled_from([torch.float64, torch.float32]),
+)
+def test_ce_term_is_torch_cross_entropy_mean(seed, n, classes, label_smoothing, weighted, ignored, dtype):
+    """The sync-free CE (per-row losses over the clamped weight sum) is F.cross_entropy's batch
+    mean, values and gradients, whenever that mean is defined (some row not ignored)."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, classes, generator=gen, dtype=dtype, requires_grad=True)
+    features = torch.randn(n, 4, generator=gen, dtype=dtype)
+    labels = torch.randint(0, classes, (n,), generator=gen)
+    labels[torch.rand(n, generator=gen) < ignored] = -100
+    labels[0] = 0  # non-degenerate: at least one row counts
+    weight = torch.rand(classes, generator=gen, dtype=dtype) + 0.1 if weighted else None
+    options = {"weight": weight, "label_smoothing": label_smoothing}
+    out = scl_cross_entropy(logits, features, labels, lambda_=0.0, tau=0.3, **options)
+    want = F.cross_entropy(logits, labels, **options)
+    tol = {"rtol": 1e-12, "atol": 1e-14} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
+    torch.testing.assert_close(out, want, **tol)
+    (grad,) = torch.autograd.grad(out, logits)
+    (want_grad,) = torch.autograd.grad(want, logits)
+    torch.testing.assert_close(grad, want_grad, **tol)
 
 
 def test_lambda_one_is_exactly_scl():

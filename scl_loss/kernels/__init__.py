@@ -6,10 +6,14 @@ A kernel solves a :class:`~scl_loss._problem.ContrastProblem`: for each anchor `
 
 (exactly 0, still attached to the graph, where ``|P(a)| = 0``), then a reduction. Two paths:
 
-* ``"dense"`` (:func:`dense_per_anchor_loss`): the whole ``[A, M]`` logit matrix, autograd
-  backward; the fewest kernel launches, for small problems.
+* ``"dense"`` (:func:`~scl_loss.kernels.dense.dense_supcon`): the whole ``[A, M]`` logit
+  matrix in one fused ``autograd.Function``; the fewest kernel launches, for small problems.
 * ``"blocked"`` (:func:`~scl_loss.kernels.blocked.blocked_supcon`): ``chunk`` anchor rows at
   a time, hand-written backward, ``O(M·D + chunk·M)`` extra memory; for large problems.
+
+Both normalise the contrasts themselves (scale-safely), take half-precision values into the
+products unrounded, never read tensor values on the host, and recompute their gradient with
+differentiable ops when it must be differentiated again (:mod:`scl_loss.kernels.formula`).
 
 ``"auto"`` picks by :func:`choose_path`. See ``docs/blocked.md``.
 """
@@ -19,10 +23,9 @@ from __future__ import annotations
 from torch import Tensor
 
 from scl_loss._problem import ContrastProblem
-from scl_loss._reduction import reduce_per_anchor
 from scl_loss._validation import PATHS
 from scl_loss.kernels.blocked import blocked_supcon, default_chunk_size
-from scl_loss.kernels.dense import dense_per_anchor_loss
+from scl_loss.kernels.dense import dense_supcon
 
 __all__ = [
     "CPU_DENSE_MAX_ELEMENTS",
@@ -30,7 +33,7 @@ __all__ = [
     "PATHS",
     "choose_path",
     "default_chunk_size",
-    "dense_per_anchor_loss",
+    "dense_supcon",
     "per_anchor_loss",
     "reduced_loss",
     "resolve_path",
@@ -75,7 +78,7 @@ def per_anchor_loss(
 ) -> tuple[Tensor, Tensor]:
     """``(loss [A], num_positives [A])`` on the chosen path."""
     if resolve_path(problem, path) == "dense":
-        return dense_per_anchor_loss(problem)
+        return dense_supcon(problem, "none")
     return blocked_supcon(problem, "none", chunk_size)
 
 
@@ -84,9 +87,8 @@ def reduced_loss(
 ) -> Tensor:
     """The loss with ``reduction`` applied (``[A]`` for ``"none"``, else a scalar) on the chosen path.
 
-    On the blocked path a scalar reduction computes the gradient in the forward sweep.
+    On both paths a scalar reduction computes the gradient in the forward pass.
     """
     if resolve_path(problem, path) == "dense":
-        loss, num_positives = dense_per_anchor_loss(problem)
-        return reduce_per_anchor(loss, num_positives, reduction)
+        return dense_supcon(problem, reduction)[0]
     return blocked_supcon(problem, reduction, chunk_size)[0]
