@@ -29,7 +29,7 @@ def _check(
     ignore_index: int,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, float, str, int]:
     features = v.check_features(features)
-    temperature = v.check_positive_finite("temperature", temperature)
+    temperature = v.check_temperature("temperature", temperature)
     reduction = v.check_reduction("reduction", reduction)
     ignore_index = v.check_int("ignore_index", ignore_index)
     n = features.shape[0]
