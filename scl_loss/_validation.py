@@ -18,8 +18,9 @@ REDUCTIONS = ("mean", "sum", "none")
 #: Label dtypes whose every value is exactly an int64 (labels are compared as int64). The
 #: unsigned 16/32-bit ones are widened to int64 first (torch implements few ops for them);
 #: uint64 is refused: its values from 2**63 on have no int64 and would wrap onto other labels.
-LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32, torch.uint32, torch.int64)
-_WIDENED_LABEL_DTYPES = (torch.uint16, torch.uint32)
+#: (torch < 2.3 has no uint16/uint32/uint64.)
+_WIDENED_LABEL_DTYPES = tuple(getattr(torch, name) for name in ("uint16", "uint32") if hasattr(torch, name))
+LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, *_WIDENED_LABEL_DTYPES)
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -114,7 +115,7 @@ def check_labels(
         supported = ", ".join(str(d).removeprefix("torch.") for d in LABEL_DTYPES)
         hint = (
             "; uint64 values from 2**63 on do not fit int64: convert with labels.to(torch.int64) if yours fit"
-            if labels.dtype == torch.uint64
+            if labels.dtype == getattr(torch, "uint64", None)
             else ""
         )
         raise TypeError(
