@@ -158,7 +158,7 @@ class MemoryQueue(nn.Module):
 
     def __len__(self) -> int:
         """Entries held, the staged batch included (reads a device value: not for the training loop)."""
-        return int(self._merged()[2].sum())
+        return int((self.valid | self._staged_slots()[1]).sum())
 
     def reset(self) -> None:
         """Forget every entry, the staged batch too (the buffers keep their memory)."""
@@ -198,18 +198,20 @@ class MemoryQueue(nn.Module):
         self._stage(embeddings, labels.to(torch.int64), keep)
         self._commit()
 
+    def _staged_slots(self) -> tuple[Tensor, Tensor]:
+        """``(row, take)``, both ``[K]``: slot ``s`` receives staged row ``row[s]`` where ``take[s]``."""
+        slots = torch.arange(self.capacity, device=self.position.device)
+        row = (slots - self.position) % self.capacity
+        return row, row < self.staged_count
+
     def _merged(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(embeddings, labels, valid, position)`` with the staged rows written in, out of place."""
-        k = self.capacity
-        slots = torch.arange(k, device=self.position.device)
-        # Slot s receives staged row (s − position) mod K, if that row is in use.
-        row = (slots - self.position) % k
-        take = row < self.staged_count
+        row, take = self._staged_slots()
         embeddings = torch.where(
             take.unsqueeze(1), self.staged_embeddings.index_select(0, row), self.embeddings
         )
         labels = torch.where(take, self.staged_labels.index_select(0, row), self.labels)
-        return embeddings, labels, self.valid | take, (self.position + self.staged_count) % k
+        return embeddings, labels, self.valid | take, (self.position + self.staged_count) % self.capacity
 
     def _commit(self) -> None:
         """Move the staged batch into the ring (fixed shapes, no host sync)."""
