@@ -18,7 +18,7 @@ class SupConLoss(nn.Module):
     r"""Supervised contrastive loss; see :func:`scl_loss.functional.supcon_loss` for the maths.
 
     Args:
-        temperature: ``τ > 0``.
+        temperature: ``τ ≥ 1e-12`` (see ``scl_loss._validation.MIN_TEMPERATURE``).
         normalize: l2-normalise the features first.
         reduction: ``"mean"`` (over anchors with a positive), ``"sum"`` or ``"none"``.
         ignore_index: label of rows that are neither anchors nor contrasts.
@@ -27,8 +27,9 @@ class SupConLoss(nn.Module):
         gather_distributed: contrast against every rank's batch under torch.distributed, with
             DDP-exact gradients (see :func:`~scl_loss.functional.supcon_loss`).
         process_group: the group to gather over (``None``: the default group).
-        queue: a :class:`~scl_loss.memory.MemoryQueue` of past embeddings (a submodule, so
-            ``.to(device)`` and ``state_dict`` include it).
+        queue: a :class:`~scl_loss.memory.MemoryQueue` of past training steps' embeddings (a
+            submodule, so ``.to(device)``, ``state_dict`` and ``.eval()``, which stops it from
+            learning, include it).
 
     Shape:
         - features: :math:`(N, D)` or :math:`(N, V, D)`; labels: :math:`(N)`; mask: :math:`(N, N)`
@@ -96,14 +97,15 @@ class SCLCrossEntropy(nn.Module):
 
     Args:
         lambda_: weight λ ∈ [0, 1] of the SCL term.
-        tau: temperature τ > 0 of the SCL term.
+        tau: temperature ``τ ≥ 1e-12`` of the SCL term.
         scl_reduction: ``"mean"`` (default) or ``"sum"`` (the paper's eq. 1–3 literally).
         ignore_index, label_smoothing, weight: as in :class:`torch.nn.CrossEntropyLoss`.
         return_components: return ``(loss, ce, scl)`` for logging.
         path, chunk_size: the SCL kernel path and its block size (see :class:`SupConLoss`).
         gather_distributed, process_group: global-batch SCL and CE under torch.distributed with
             DDP-exact gradients (see :func:`~scl_loss.functional.scl_cross_entropy`).
-        queue: a :class:`~scl_loss.memory.MemoryQueue` of past embeddings for the SCL term.
+        queue: a :class:`~scl_loss.memory.MemoryQueue` of past training steps' embeddings for
+            the SCL term (a submodule, as in :class:`SupConLoss`).
 
     Shape:
         - logits: :math:`(N, C)`; features: :math:`(N, D)` or :math:`(N, V, D)`; labels: :math:`(N)`
