@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
+from torch._dynamo.testing import CompileCounterWithBackend
 
 from scl_loss import MemoryQueue, SCLCrossEntropy, SupConLoss
 from scl_loss.functional import scl_cross_entropy, supcon_loss
@@ -310,7 +311,7 @@ CELLS = [
     for path in PATHS
 ]
 
-_compiled: dict[Cell, tuple[Callable, MemoryQueue | None]] = {}
+_compiled: dict[Cell, tuple[Callable, MemoryQueue | None, CompileCounterWithBackend]] = {}
 
 
 def _library_call(cell: Cell, problem: Problem) -> tuple[Callable, MemoryQueue | None]:
@@ -320,8 +321,9 @@ def _library_call(cell: Cell, problem: Problem) -> tuple[Callable, MemoryQueue |
         if cell not in _compiled:
             queue = MemoryQueue(CAPACITY, COMPILED_SHAPE["dim"], dtype=torch.float64) if cell.queued else None
             f = cell.entry.build(cell.path, queue, COMPILED_SHAPE["temperature"], COMPILED_SHAPE["lambda_"])
-            _compiled[cell] = (torch.compile(f, backend="aot_eager"), queue)
-        f, queue = _compiled[cell]
+            counter = CompileCounterWithBackend("aot_eager")
+            _compiled[cell] = (torch.compile(f, backend=counter), queue, counter)
+        f, queue, _ = _compiled[cell]
         if queue is not None:
             queue.reset()
     else:
@@ -369,6 +371,9 @@ def test_transform(cell: Cell, problem: Problem) -> None:
 @given(problem=compile_problems())
 def test_transform_compiled(cell: Cell, problem: Problem) -> None:
     _check_cell(cell, problem)
+    # One graph for the whole call, compiled once for all examples: no graph break, no
+    # recompile, and no silent fallback to eager mode after too many recompiles.
+    assert _compiled[cell][2].frame_count == 1
 
 
 # --- eager and compiled agree on invalid input ----------------------------------------------------
