@@ -19,7 +19,23 @@ from torch import Tensor
 
 REDUCTIONS = ("mean", "sum", "none")
 
-_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+#: Label dtypes whose every value is exactly an int64 (labels are compared as int64). The
+#: unsigned 16/32-bit ones are widened to int64 first (torch implements few ops for them);
+#: uint64 is refused: its values from 2**63 on have no int64 and would wrap onto other labels.
+#: (torch < 2.3 has no uint16/uint32/uint64.)
+_WIDENED_LABEL_DTYPES = tuple(getattr(torch, name) for name in ("uint16", "uint32") if hasattr(torch, name))
+LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, *_WIDENED_LABEL_DTYPES)
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+#: The smallest temperature accepted, ``τ ≥ 1e-12``. With l2-normalised features every logit
+#: ``Φ_i·Φ_k/τ`` lies in ``[−1/τ, 1/τ]``, so at this bound logits are at most ``1e12``, a
+#: per-anchor loss at most ``2/τ + log M ≈ 2e12`` and even a ``"sum"`` over ``1e26`` anchors
+#: stays below float32's largest value (3.4e38): the loss is finite in the float32 compute
+#: dtype, and ``scl_loss.reference.supcon_loss_dense`` is exact, for every accepted ``τ``.
+#: Smaller values buy nothing: at ``τ = 1e-12`` float32 rounding alone moves a logit by
+#: ``~6e-8/τ = 6e4``, and ``τ = 1e-45`` is not even a float32 (``1/τ`` overflows to inf).
+MIN_TEMPERATURE = 1e-12
 
 # The one switch for checks that read tensor values; see set_data_checks. A module global
 # (not thread-local) so that torch.compile guards on it: flipping it recompiles once.
@@ -90,12 +106,18 @@ def check_finite(tensor: Tensor, name: str) -> Tensor:
     return tensor
 
 
-def check_positive_finite(name: str, value: object) -> float:
+def check_temperature(name: str, value: object) -> float:
+    """A temperature: a finite real number ``>= MIN_TEMPERATURE`` (see there why)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
     if not math.isfinite(value) or value <= 0.0:
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    if value < MIN_TEMPERATURE:
+        raise ValueError(
+            f"{name} must be >= {MIN_TEMPERATURE:g} (smaller temperatures overflow the float32 logits "
+            f"and loss; see scl_loss._validation.MIN_TEMPERATURE), got {value:g}"
+        )
     return value
 
 
@@ -115,9 +137,20 @@ def check_reduction(name: str, value: object) -> str:
 
 
 def check_int(name: str, value: object) -> int:
+    """An int that fits int64 (it is compared with int64 tensors, e.g. ``ignore_index``)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    return int(value)
+    value = int(value)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{name} must lie in the range of int64, [-2**63, 2**63 - 1], got {value}")
+    return value
+
+
+def check_bool(name: str, value: object) -> bool:
+    # bool only: a string such as "no" is truthy, and 0/1 hide a mix-up of arguments.
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
 
 
 def check_features(features: object, name: str = "features") -> Tensor:
@@ -139,15 +172,28 @@ def check_features(features: object, name: str = "features") -> Tensor:
 def check_labels(
     labels: object, n: int, device: torch.device, name: str = "labels", against: str = "features"
 ) -> Tensor:
-    """``labels`` must be an integer tensor of shape ``[N]`` on the device of ``against``."""
+    """``labels`` must be an integer tensor of shape ``[N]`` on the device of ``against``.
+
+    Returns them as given, or widened to int64 for uint16/uint32 (see :data:`LABEL_DTYPES`).
+    """
     if not isinstance(labels, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of integer class ids, got {type(labels).__name__}")
-    if labels.dtype not in _INTEGER_DTYPES:
-        raise TypeError(f"{name} must have an integer dtype (class ids), got {labels.dtype}")
+    if labels.dtype not in LABEL_DTYPES:
+        supported = ", ".join(str(d).removeprefix("torch.") for d in LABEL_DTYPES)
+        hint = (
+            "; uint64 values from 2**63 on do not fit int64: convert with labels.to(torch.int64) if yours fit"
+            if labels.dtype == getattr(torch, "uint64", None)
+            else ""
+        )
+        raise TypeError(
+            f"{name} must have an integer dtype (class ids) among {supported}, got {labels.dtype}{hint}"
+        )
     if labels.dim() != 1 or labels.shape[0] != n:
         raise ValueError(f"{name} must have shape [N] = [{n}] to match {against}, got {tuple(labels.shape)}")
     if labels.device != device:
         raise ValueError(f"{name} must be on the {against}' device {device}, got {labels.device}")
+    if labels.dtype in _WIDENED_LABEL_DTYPES:
+        labels = labels.to(torch.int64)
     return labels
 
 

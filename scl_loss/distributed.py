@@ -57,7 +57,8 @@ def is_gathering(gather_distributed: object, process_group: object) -> bool:
 
     ``gather_distributed=True`` without an initialised default process group falls back to
     single-process behaviour (documented): the same training script then runs unchanged on
-    one process.
+    one process. Only with ``process_group=None``: an explicit group asks for gathering, and
+    silently computing the single-process loss instead would be wrong.
     """
     if not isinstance(gather_distributed, bool):
         raise TypeError(f"gather_distributed must be a bool, got {type(gather_distributed).__name__}")
@@ -65,7 +66,19 @@ def is_gathering(gather_distributed: object, process_group: object) -> bool:
         if process_group is not None:
             raise ValueError("process_group is only used with gather_distributed=True")
         return False
-    return dist.is_available() and dist.is_initialized()
+    initialised = dist.is_available() and dist.is_initialized()
+    if process_group is None:
+        return initialised
+    if not dist.is_available() or not isinstance(process_group, dist.ProcessGroup):
+        kind = type(process_group).__name__
+        raise TypeError(f"process_group must be None or a torch.distributed.ProcessGroup, got {kind}")
+    if not initialised:
+        raise ValueError(
+            "process_group was given but torch.distributed has no initialised default process group: "
+            "call torch.distributed.init_process_group() first, or pass process_group=None to fall "
+            "back to the single-process loss"
+        )
+    return True
 
 
 def _world(group: object) -> tuple[int, int]:

@@ -124,7 +124,7 @@ def supcon_loss(
     path = v.check_path("path", path)
     chunk_size = v.check_chunk_size("chunk_size", chunk_size)
     features = v.check_features(features)
-    temperature = v.check_positive_finite("temperature", temperature)
+    temperature = v.check_temperature("temperature", temperature)
     reduction = v.check_reduction("reduction", reduction)
     ignore_index = v.check_int("ignore_index", ignore_index)
     if not isinstance(normalize, bool):
@@ -251,13 +251,14 @@ def scl_cross_entropy(
         True
     """
     lambda_ = v.check_unit_interval("lambda_", lambda_)
-    tau = v.check_positive_finite("tau", tau)
+    tau = v.check_temperature("tau", tau)
     path = v.check_path("path", path)
     chunk_size = v.check_chunk_size("chunk_size", chunk_size)
     if scl_reduction not in ("mean", "sum"):
         raise ValueError(f"scl_reduction must be 'mean' or 'sum', got {scl_reduction!r}")
     ignore_index = v.check_int("ignore_index", ignore_index)
     label_smoothing = v.check_unit_interval("label_smoothing", label_smoothing)
+    return_components = v.check_bool("return_components", return_components)
     if not isinstance(logits, Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if not logits.is_floating_point():

@@ -29,7 +29,11 @@ def _check(
     ignore_index: int,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, float, str, int]:
     features = v.check_features(features)
-    temperature = v.check_positive_finite("temperature", temperature)
+    # The library reads tensor data only when asked to (a sync per check); the references are
+    # slow anyway and always check, so their answer never depends on that setting.
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError("features must be finite, but it contains NaN or Inf")
+    temperature = v.check_temperature("temperature", temperature)
     reduction = v.check_reduction("reduction", reduction)
     ignore_index = v.check_int("ignore_index", ignore_index)
     n = features.shape[0]
@@ -62,9 +66,22 @@ def supcon_loss_loop(
             \log\frac{\exp(\Phi_i\cdot\Phi_j/\tau)}{\sum_{k\ne i}\exp(\Phi_i\cdot\Phi_k/\tau)}
 
     Literal on purpose: no max-subtraction, no masking tricks, Python loops. Differentiable,
-    so gradients can be compared too. ``exp`` overflows float64 past ``Φ·Φ/τ ≈ 709``, which
-    normalised features reach only for ``τ < 0.0015``. Cost is ``O((N·V)²)`` Python steps:
-    keep it to a few dozen vectors.
+    so gradients can be compared too. Cost is ``O((N·V)²)`` Python steps: keep it to a few
+    dozen vectors.
+
+    Where it is not exact (write ``s_ik = Φ_i·Φ_k/τ`` and ``L_i = log Σ_{k≠i} exp(s_ik)``; float64
+    overflows past ``exp(709.78)`` and underflows below ``exp(−745.1)``):
+
+    * ``exp(s_ik)`` overflows once some ``s_ik > 709.78``: normalised features get there only
+      for ``τ < 1/709.78 ≈ 1.41e-3`` and a pair with cosine above ``709.78·τ``;
+    * a positive's ratio ``exp(s_ij)/Σ_k exp(s_ik)`` underflows to 0 (value ``inf``) once
+      ``L_i − s_ij > 745``, e.g. at ``τ = 1e-3`` for cosines spread over ``±0.37``;
+    * the *gradient* goes wrong earlier, silently: autograd's backward of that ratio forms
+      ``exp(s_ij)/(Σ_k exp(s_ik))²``, which underflows to 0 once ``2·L_i − s_ij > 745``, e.g.
+      at ``τ = 1e-3`` for cosines spread over ``±0.25``.
+
+    None of this happens for ``τ ≥ 0.01`` with normalised features. For smaller ``τ`` use
+    :func:`supcon_loss_dense`, which is exact at every accepted ``τ``.
 
     Shape:
         as :func:`scl_loss.functional.supcon_loss`.
@@ -142,8 +159,17 @@ def supcon_loss_dense(
 
     Builds the full positive mask, the self mask and the logit matrix, as
     HobbitLong/SupContrast's ``losses.py`` does, then subtracts the row max and takes
-    ``log_prob = logits − log Σ_{k≠i} exp(logits)``. Unlike that code it leaves anchors
-    without a positive out instead of dividing 0 by 0. Memory: several ``(N·V)²`` tensors.
+    ``log_prob = logits − log Σ_{k≠i} exp(logits)``. Memory: several ``(N·V)²`` tensors.
+    Two differences from that code make it exact: anchors without a positive are left out
+    instead of dividing 0 by 0, and the row max is taken over the denominator's entries only
+    (``k ≠ i``, not ignored). SupContrast's max includes the self logit ``1/τ``, far above every
+    contrast at small ``τ``, so ``exp`` of the shifted contrasts underflows to 0 and the loss
+    comes out wrong (at ``τ = 0.001`` in float64, or ``τ = 0.01`` in float32 with ``D = 768``).
+
+    For float32 and float64 input it is exact to the input's rounding at every temperature
+    the library accepts (:data:`scl_loss._validation.MIN_TEMPERATURE` and up). Half-precision
+    input is computed in half precision, as public code does: a timing peer there, not a
+    reference (float16 logits overflow for ``τ < 1/65504``).
 
     Shape:
         as :func:`scl_loss.functional.supcon_loss`.
@@ -175,9 +201,15 @@ def supcon_loss_dense(
     logits_mask = (1.0 - torch.eye(n * views, dtype=z.dtype, device=device)) * keep[None, :]
     pos = pos * logits_mask * keep[:, None]
 
+    in_denominator = logits_mask > 0
     logits = z @ z.T / temperature
-    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
-    exp_logits = torch.exp(logits) * logits_mask
+    # Shift by the max over the denominator's entries (not the self logit); a row without any
+    # contrast has no finite max and is shifted by 0 (it has no positive either).
+    row_max = logits.masked_fill(~in_denominator, -torch.inf).amax(dim=1, keepdim=True)
+    logits = logits - torch.where(row_max.isfinite(), row_max, 0.0).detach()
+    # exp only where it counts: off the denominator a shifted logit may be large (the self
+    # logit), and exp(-inf) = 0 exactly, with a zero gradient.
+    exp_logits = torch.exp(logits.masked_fill(~in_denominator, -torch.inf))
     # A row with no contrast at all has an empty sum; it has no positive either and is dropped.
     log_prob = logits - torch.log(exp_logits.sum(1, keepdim=True).clamp(min=torch.finfo(z.dtype).tiny))
     num_pos = pos.sum(1)

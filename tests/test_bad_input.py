@@ -53,8 +53,19 @@ Y = torch.tensor([0, 0, 1, 1])
         ((X, Y), {"temperature": math.nan}, ValueError, "temperature must be a finite number > 0"),
         ((X, Y), {"temperature": "0.1"}, TypeError, "temperature must be a real number"),
         ((X, Y), {"temperature": True}, TypeError, "temperature must be a real number"),
+        ((X, Y), {"temperature": 1e-45}, ValueError, r"temperature must be >= 1e-12"),
+        ((X, Y), {"temperature": 0.99e-12}, ValueError, r"temperature must be >= 1e-12"),
         ((X, Y), {"reduction": "avg"}, ValueError, "reduction must be one of"),
         ((X, Y), {"ignore_index": 1.5}, TypeError, "ignore_index must be an int"),
+        ((X, Y), {"ignore_index": 2**64}, ValueError, r"ignore_index must lie in the range of int64"),
+        ((X, Y), {"ignore_index": -(2**63) - 1}, ValueError, r"ignore_index must lie in the range of int64"),
+        (
+            (X, Y.to(torch.uint64)),
+            {},
+            TypeError,
+            r"labels must have an integer dtype .*uint32.*got torch\.uint64",
+        ),
+        ((X, Y.bool()), {}, TypeError, r"labels must have an integer dtype .*got torch\.bool"),
     ],
 )
 def test_supcon_bad_input(fn, args, kwargs, error, match):
@@ -77,11 +88,81 @@ def test_labels_on_another_device_meta():
         supcon_loss(X, mask=torch.eye(4, dtype=torch.bool, device="meta"))
 
 
+@pytest.mark.parametrize("fn", SUPCON_FUNCTIONS, ids=SUPCON_IDS)
+@pytest.mark.parametrize(
+    "dtype", [torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32, torch.uint32]
+)
+def test_every_int64_compatible_label_dtype_is_accepted(fn, dtype):
+    x = torch.randn(6, 2, 5, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1, 2, 3])
+    expected = fn(x, labels, ignore_index=3, reduction="none")
+    torch.testing.assert_close(fn(x, labels.to(dtype), ignore_index=3, reduction="none"), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint16, torch.uint32])
+def test_scl_cross_entropy_takes_wide_unsigned_labels(dtype):
+    labels = torch.tensor([0, 2, 1, 1])
+    expected = scl_cross_entropy(LOGITS, X, labels, lambda_=0.5, tau=0.3, ignore_index=2)
+    torch.testing.assert_close(
+        scl_cross_entropy(LOGITS, X, labels.to(dtype), lambda_=0.5, tau=0.3, ignore_index=2), expected
+    )
+
+
+def test_the_smallest_temperature_gives_a_finite_loss():
+    x = torch.randn(8, 2, 16, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 4])
+    for path in ("dense", "blocked"):
+        loss = supcon_loss(x, labels, temperature=1e-12, reduction="sum", path=path, chunk_size=3)
+        (grad,) = torch.autograd.grad(loss, x)
+        assert bool(torch.isfinite(loss))
+        assert bool(torch.isfinite(grad).all())
+
+
+def test_gathering_with_a_process_group_needs_one():
+    # Without an initialised group, gather_distributed=True alone falls back to one process;
+    # an explicit process_group cannot be honoured and must not be silently ignored.
+    with pytest.raises(TypeError, match=r"process_group must be None or a torch\.distributed\.ProcessGroup"):
+        supcon_loss(X, Y, gather_distributed=True, process_group=object())
+    with pytest.raises(TypeError, match=r"process_group must be None or a torch\.distributed\.ProcessGroup"):
+        SupConLoss(gather_distributed=True, process_group="world")
+    with pytest.raises(TypeError, match=r"process_group must be None or a torch\.distributed\.ProcessGroup"):
+        SCLCrossEntropy(0.5, 0.3, gather_distributed=True, process_group=object())
+    group = torch.distributed.ProcessGroup.__new__(torch.distributed.ProcessGroup)  # never initialised
+    with pytest.raises(ValueError, match="no initialised default process group"):
+        scl_cross_entropy(LOGITS, X, Y, lambda_=0.5, tau=0.3, gather_distributed=True, process_group=group)
+
+
 def test_module_validates_at_construction():
     with pytest.raises(ValueError, match="temperature"):
         SupConLoss(temperature=0)
+    with pytest.raises(ValueError, match="temperature must be >= 1e-12"):
+        SupConLoss(temperature=1e-45)
     with pytest.raises(ValueError, match="reduction"):
         SupConLoss(reduction="max")
+    with pytest.raises(TypeError, match="normalize must be a bool, got str"):
+        SupConLoss(normalize="no")
+    with pytest.raises(ValueError, match="ignore_index must lie in the range of int64"):
+        SupConLoss(ignore_index=2**64)
+    with pytest.raises(TypeError, match="gather_distributed must be a bool"):
+        SupConLoss(gather_distributed="yes")
+
+
+def test_meta_tensors_give_meta_outputs_of_the_right_shape():
+    # Shape-only runs (e.g. estimating a model's memory on the meta device) read no values.
+    # Depends on the core branch, which removes every .item()/bool(tensor) from the default path.
+    x = torch.randn(6, 2, 8, device="meta", requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1, 2, -100], device="meta")
+    for path in ("dense", "blocked"):
+        for reduction, shape in (("mean", ()), ("sum", ()), ("none", (6, 2))):
+            out = supcon_loss(x, labels, reduction=reduction, path=path, chunk_size=4)
+            assert out.is_meta
+            assert out.shape == shape
+        out.sum().backward()
+        assert x.grad.is_meta
+        assert x.grad.shape == x.shape
+    loss = SCLCrossEntropy(0.5, 0.3)(torch.randn(6, 3, device="meta"), x, labels)
+    assert loss.is_meta
+    assert loss.shape == ()
 
 
 LOGITS = torch.randn(4, 3)
@@ -114,6 +195,25 @@ LOGITS = torch.randn(4, 3)
         ),
         ((LOGITS, X, Y), {"lambda_": 0.5, "tau": 0.3, "label_smoothing": 2.0}, ValueError, "label_smoothing"),
         ((LOGITS, X, Y), {"lambda_": 0.5, "tau": 0.3, "weight": [1.0, 2.0, 3.0]}, TypeError, "weight"),
+        ((LOGITS, X, Y), {"lambda_": 0.5, "tau": 1e-45}, ValueError, "tau must be >= 1e-12"),
+        (
+            (LOGITS, X, Y),
+            {"lambda_": 0.5, "tau": 0.3, "return_components": "no"},
+            TypeError,
+            "return_components must be a bool, got str",
+        ),
+        (
+            (LOGITS, X, Y),
+            {"lambda_": 0.5, "tau": 0.3, "ignore_index": 2**64},
+            ValueError,
+            "ignore_index must lie in the range of int64",
+        ),
+        (
+            (LOGITS, X, Y.to(torch.uint64)),
+            {"lambda_": 0.5, "tau": 0.3},
+            TypeError,
+            "labels must have an integer dtype",
+        ),
     ],
 )
 def test_scl_cross_entropy_bad_input(args, kwargs, error, match):
@@ -135,3 +235,9 @@ def test_scl_module_validates_at_construction():
         SCLCrossEntropy(0.5, -0.3)
     with pytest.raises(ValueError, match="scl_reduction"):
         SCLCrossEntropy(0.5, 0.3, scl_reduction="none")
+    with pytest.raises(ValueError, match="tau must be >= 1e-12"):
+        SCLCrossEntropy(0.5, 1e-45)
+    with pytest.raises(TypeError, match="return_components must be a bool, got str"):
+        SCLCrossEntropy(0.5, 0.3, return_components="no")
+    with pytest.raises(ValueError, match="ignore_index must lie in the range of int64"):
+        SCLCrossEntropy(0.5, 0.3, ignore_index=-(2**64))

@@ -10,10 +10,12 @@ import math
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scl_loss.reference import supcon_loss_loop
+from scl_loss._validation import MIN_TEMPERATURE
+from scl_loss.functional import supcon_loss
+from scl_loss.reference import supcon_loss_dense, supcon_loss_loop
 from tests.strategies import IGNORE, Case, cases, temperatures
 
 REDUCTIONS = ["mean", "sum", "none"]
@@ -250,3 +252,121 @@ def test_autocast_accumulates_in_float32(impl, dtype):
     assert all(bool(torch.isfinite(p.grad).all()) for p in layer.parameters())
     expected = supcon_loss_loop(feats.detach().double(), labels, temperature=0.05)
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+# --- the references themselves at small temperatures ---------------------------------------------
+# (no `impl`: these check scl_loss.reference, which every other test here trusts)
+
+
+def _spread_unit_vectors(gen: torch.Generator, n: int, dim: int, max_cosine: float) -> torch.Tensor:
+    """Random unit vectors whose pairwise cosines lie in ``(−max_cosine, max_cosine)`` (redrawn until
+    they do), so that the loop reference stays exact at small τ (see its docstring)."""
+    while True:
+        x = torch.nn.functional.normalize(torch.randn(n, dim, generator=gen, dtype=torch.float64), dim=1)
+        cosines = (x @ x.T).fill_diagonal_(0.0)
+        if float(cosines.abs().max()) < max_cosine:
+            return x
+
+
+# Where the loop itself is exact (its docstring): with |cosines| < c the value needs
+# 2c/τ + log M < 745 (c < 0.37 at τ = 1e-3), the gradient 3c/τ + 2·log M < 745 (c < 0.24).
+_LOOP_EXACT = {"value": (64, 0.36), "gradient": (256, 0.24)}
+
+
+@pytest.mark.parametrize("what", list(_LOOP_EXACT))
+@pytest.mark.parametrize("temperature", [1e-3, 2e-3, 5e-3, 1e-2])
+@settings(max_examples=15)
+@given(
+    n=st.integers(2, 10),
+    positives=st.sampled_from(["labels", "ignore", "mask"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_dense_reference_matches_loop_at_small_temperature_float64(what, temperature, n, positives, seed):
+    gen = torch.Generator().manual_seed(seed)
+    dim, max_cosine = _LOOP_EXACT[what]
+    x = _spread_unit_vectors(gen, n, dim, max_cosine) * 3.0  # not unit norm: the references normalise
+    kw: dict = {"temperature": temperature}
+    labels = torch.randint(0, 3, (n,), generator=gen)
+    if positives == "ignore":
+        labels[torch.rand(n, generator=gen) < 0.3] = IGNORE
+    if positives == "mask":
+        kw["mask"], labels = torch.rand(n, n, generator=gen) < 0.5, None
+    for reduction in REDUCTIONS:
+        weights = torch.rand(n, dtype=torch.float64)
+        x_ref, x_dense = (x.clone().requires_grad_(True) for _ in range(2))
+        expected = supcon_loss_loop(x_ref, labels, reduction=reduction, **kw)
+        got = supcon_loss_dense(x_dense, labels, reduction=reduction, **kw)
+        assert bool(torch.isfinite(expected).all())
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+        if what == "gradient":
+            (expected * weights if reduction == "none" else expected).sum().backward()
+            (got * weights if reduction == "none" else got).sum().backward()
+            torch.testing.assert_close(x_dense.grad, x_ref.grad, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("temperature", [1e-2, 3e-2])
+@settings(max_examples=5)
+@given(seed=st.integers(0, 2**31 - 1), num_classes=st.integers(1, 4))
+def test_dense_reference_matches_loop_at_small_temperature_float32(temperature, seed, num_classes):
+    # The issue's case: N = 16, D = 768, float32; SupContrast's self-including row max gave 11.9 vs 6.5.
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(16, 768, generator=gen)
+    labels = torch.randint(0, num_classes, (16,), generator=gen)
+    x32 = x.clone().requires_grad_(True)
+    x64 = x.double().requires_grad_(True)
+    got = supcon_loss_dense(x32, labels, temperature=temperature)
+    expected = supcon_loss_loop(x64, labels, temperature=temperature)
+    got.backward()
+    expected.backward()
+    atol = 1e-5 / temperature  # float32 rounding of logits of size up to 1/τ
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=atol)
+    grad_scale = float(x64.grad.abs().max())
+    torch.testing.assert_close(x32.grad.double(), x64.grad, rtol=1e-4, atol=1e-4 * grad_scale)
+
+
+@pytest.mark.parametrize("temperature", [1e-3, 1e-6, MIN_TEMPERATURE])
+def test_dense_reference_is_exact_where_the_loop_overflows(temperature):
+    # Identical embeddings: every logit is 1/τ (exp overflows for τ < 1.4e-3) and the loss is
+    # log(M − 1) exactly for every anchor with a positive.
+    x = torch.ones(6, 2, 5, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1, 2, IGNORE])
+    expected = torch.tensor([math.log(9)] * 10 + [0.0, 0.0], dtype=torch.float64).reshape(6, 2)
+    out = supcon_loss_dense(x, labels, temperature=temperature, reduction="none")
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12 / temperature)
+    if temperature < 1.4e-3:
+        assert not bool(torch.isfinite(supcon_loss_loop(x, labels, temperature=temperature)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@settings(max_examples=10)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_dense_reference_at_the_smallest_temperature(dtype, seed):
+    # At τ = MIN_TEMPERATURE logits reach 1e12: finite, and the same as the library's
+    # logsumexp-based kernels (a formulation independent of the reference's).
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(12, 2, 8, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, 3, (12,), generator=gen)
+    labels[0] = IGNORE
+    x_dense = x.to(dtype).clone().requires_grad_(True)
+    out = supcon_loss_dense(x_dense, labels, temperature=MIN_TEMPERATURE, reduction="sum")
+    out.backward()
+    assert bool(torch.isfinite(out))
+    assert bool(torch.isfinite(x_dense.grad).all())
+    for path in ("dense", "blocked"):
+        x_lib = x.clone().requires_grad_(True)
+        lib = supcon_loss(
+            x_lib, labels, temperature=MIN_TEMPERATURE, reduction="sum", path=path, chunk_size=5
+        )
+        lib.backward()
+        # float32 logits of size 1/τ carry rounding errors of ~6e-8/τ each.
+        atol = (1e-10 if dtype == torch.float64 else 1e-5) / MIN_TEMPERATURE
+        torch.testing.assert_close(out.double(), lib, rtol=1e-6, atol=atol)
+        torch.testing.assert_close(x_dense.grad.double(), x_lib.grad, rtol=1e-5, atol=atol)
+
+
+def test_references_check_data_whatever_the_library_does():
+    # The library reads tensor values only when asked to; the references always do.
+    bad = torch.tensor([[1.0, math.nan], [0.0, 1.0]])
+    for reference in (supcon_loss_loop, supcon_loss_dense):
+        with pytest.raises(ValueError, match="features must be finite"):
+            reference(bad, torch.tensor([0, 0]))

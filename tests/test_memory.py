@@ -81,13 +81,13 @@ def test_equals_plain_loss_over_batch_and_detached_queue(reduction, batch) -> No
 
 def test_empty_queue_is_the_plain_loss_and_the_batch_is_enqueued_after_use() -> None:
     torch.manual_seed(0)
-    features, labels = torch.randn(6, 2, 4), torch.tensor([0, 1, 2, 0, 1, IGNORE])
+    features, labels = torch.randn(6, 2, 4, requires_grad=True), torch.tensor([0, 1, 2, 0, 1, IGNORE])
     queue = MemoryQueue(100, 4)
     torch.testing.assert_close(supcon_loss(features, labels, queue=queue), supcon_loss(features, labels))
     # 5 kept rows × 2 views, normalised, in flat order; the ignored row is not stored.
     assert len(queue) == 10
     stored, stored_labels = queue.contents()
-    expected = torch.nn.functional.normalize(features[:5].reshape(10, 4), dim=1)
+    expected = torch.nn.functional.normalize(features.detach()[:5].reshape(10, 4), dim=1)
     torch.testing.assert_close(stored, expected)
     assert stored_labels.tolist() == [0, 0, 1, 1, 2, 2, 0, 0, 1, 1]
     # The next call sees them: singletons of the new batch now find positives in the queue.
@@ -156,7 +156,7 @@ def test_state_dict_round_trip_keeps_contents_and_write_position() -> None:
 
 def test_modules_and_scl_cross_entropy_use_the_queue() -> None:
     torch.manual_seed(2)
-    features, labels = torch.randn(6, 8), torch.tensor([0, 1, 2, 0, 1, 2])
+    features, labels = torch.randn(6, 8, requires_grad=True), torch.tensor([0, 1, 2, 0, 1, 2])
     logits = torch.randn(6, 3)
     prefill = (torch.randn(5, 8), torch.tensor([0, 0, 1, 2, 2]))
 
@@ -232,3 +232,202 @@ def test_blocked_path_with_queue_matches_dense(reduction) -> None:
     torch.testing.assert_close(results["blocked"][:2], results["dense"][:2])
     for a, b in zip(results["blocked"][2], results["dense"][2], strict=True):
         assert torch.equal(a, b)
+
+
+# --- when the queue learns: exactly once per training step --------------------------------------
+
+
+def _step_inputs(seed: int, n: int = 6, dim: int = 4):
+    gen = torch.Generator().manual_seed(seed)
+    features = torch.randn(n, dim, generator=gen, dtype=torch.float64, requires_grad=True)
+    return features, torch.randint(0, 3, (n,), generator=gen)
+
+
+def _filled_queue(capacity: int = 9, dim: int = 4) -> MemoryQueue:
+    queue = MemoryQueue(capacity, dim, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(99)
+    # Unit vectors, as the loss stores them (the loop reference normalises every row again).
+    entries = torch.nn.functional.normalize(torch.randn(5, dim, generator=gen, dtype=torch.float64), dim=1)
+    queue.enqueue(entries, torch.tensor([0, 1, 2, 0, 1]))
+    return queue
+
+
+def _snapshot(queue: MemoryQueue) -> tuple[torch.Tensor, torch.Tensor]:
+    return tuple(t.clone() for t in queue.contents())
+
+
+def _assert_same_contents(
+    queue: MemoryQueue, expected: tuple[torch.Tensor, torch.Tensor], exact: bool = True
+) -> None:
+    stored, stored_labels = queue.contents()
+    torch.testing.assert_close(stored, expected[0], **({"rtol": 0, "atol": 0} if exact else {}))
+    assert torch.equal(stored_labels, expected[1])
+
+
+def _after_one_step(queue_before, features, labels, capacity):
+    """The contents a queue must hold after one training step on (features, labels)."""
+    expected = MemoryQueue(capacity, features.shape[-1], dtype=torch.float64)
+    expected.enqueue(*queue_before)
+    expected.enqueue(torch.nn.functional.normalize(features.detach(), dim=1), labels)
+    return expected.contents()
+
+
+def test_evaluation_calls_read_the_queue_but_do_not_enqueue() -> None:
+    criterion = SupConLoss(0.5, queue=_filled_queue())
+    features, labels = _step_inputs(0)
+    criterion(features, labels).backward()  # a training step: staged, counted by len()
+    after_training = _snapshot(criterion.queue)
+    assert len(criterion.queue) == 9
+    other, other_labels = _step_inputs(1)
+    criterion.eval()
+    with torch.no_grad():  # the usual validation loop
+        value = criterion(other, other_labels)
+    _assert_same_contents(criterion.queue, after_training)
+    # ... and it used the queue, last training batch included.
+    expected = _reference_with_queue(other.detach(), other_labels, *after_training, 0.5, "mean")
+    torch.testing.assert_close(value, expected)
+    criterion(other, other_labels)  # eval mode, grad on (e.g. an input-attribution pass)
+    _assert_same_contents(criterion.queue, after_training)
+    criterion.train()
+    with torch.no_grad():  # training mode, grad off
+        criterion(other, other_labels)
+    with torch.inference_mode():
+        criterion(other, other_labels)
+    criterion(other.detach(), other_labels)  # frozen features: nothing to train
+    _assert_same_contents(criterion.queue, after_training)
+    criterion(other, other_labels)  # a training step again
+    assert len(criterion.queue) == 9
+    assert not torch.equal(criterion.queue.contents()[0], after_training[0])
+
+
+def test_each_training_call_is_one_step() -> None:
+    # Gradient accumulation: every micro-batch call is a step of its own, seen by the next one.
+    queue = MemoryQueue(20, 4, dtype=torch.float64)
+    first, first_labels = _step_inputs(0)
+    second, second_labels = _step_inputs(1)
+    supcon_loss(first, first_labels, queue=queue).backward()
+    value = supcon_loss(second, second_labels, temperature=0.5, queue=queue)
+    stored = torch.nn.functional.normalize(first.detach(), dim=1)
+    torch.testing.assert_close(
+        value, _reference_with_queue(second.detach(), second_labels, stored, first_labels, 0.5, "mean")
+    )
+    assert len(queue) == 12
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False], ids=["reentrant", "non-reentrant"])
+@pytest.mark.parametrize("path", ["dense", "blocked"])
+def test_checkpointed_step_enqueues_once_and_matches_the_plain_step(use_reentrant, path) -> None:
+    capacity = 9
+    results = {}
+    for mode in ("plain", "checkpoint"):
+        queue = _filled_queue(capacity)
+        before = _snapshot(queue)
+        features, labels = _step_inputs(3)
+
+        def loss_fn(x, queue=queue, labels=labels):
+            return supcon_loss(x, labels, temperature=0.5, queue=queue, path=path, chunk_size=2)
+
+        if mode == "plain":
+            loss = loss_fn(features)
+        else:
+            loss = torch.utils.checkpoint.checkpoint(loss_fn, features, use_reentrant=use_reentrant)
+        loss.backward()
+        _assert_same_contents(queue, _after_one_step(before, features, labels, capacity), exact=False)
+        results[mode] = (loss.detach(), features.grad)
+        expected = _reference_with_queue(features.detach(), labels, *before, 0.5, "mean")
+        torch.testing.assert_close(loss.detach(), expected)
+    torch.testing.assert_close(results["checkpoint"], results["plain"])
+
+
+def test_torch_func_reads_the_queue_and_leaves_it_unchanged() -> None:
+    queue = _filled_queue()
+    features, labels = _step_inputs(4)
+    supcon_loss(features, labels, queue=queue).backward()  # staged: must be read below
+    before = _snapshot(queue)
+    other, other_labels = _step_inputs(5)
+
+    def loss_fn(x):
+        return supcon_loss(x, other_labels, temperature=0.5, queue=queue)
+
+    grad = torch.func.grad(loss_fn)(other.detach())
+    _assert_same_contents(queue, before)
+    x = other.detach().clone().requires_grad_(True)
+    expected = _reference_with_queue(x, other_labels, *before, 0.5, "mean")
+    (expected_grad,) = torch.autograd.grad(expected, x)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize("path", ["dense", "blocked"])
+def test_compiled_steps_do_not_recompile_as_the_queue_fills(path) -> None:
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    encoder, head = torch.nn.Linear(8, 6), torch.nn.Linear(6, 3)
+    queues = {"eager": MemoryQueue(40, 6), "compiled": MemoryQueue(40, 6)}
+    criteria = {
+        mode: SCLCrossEntropy(0.5, 0.3, queue=q, path=path, chunk_size=5) for mode, q in queues.items()
+    }
+
+    def step(x, y, criterion):
+        features = encoder(x)
+        return criterion(head(features), features, y)
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(step, backend=counter)
+    graphs = []
+    for _ in range(12):  # 8 rows a step: the queue fills in 5 steps, then wraps
+        x, y = torch.randn(8, 8), torch.randint(0, 3, (8,))
+        encoder.zero_grad()
+        eager = step(x, y, criteria["eager"])
+        eager.backward()
+        eager_grad = encoder.weight.grad.clone()
+        encoder.zero_grad()
+        loss = compiled(x, y, criteria["compiled"])
+        loss.backward()
+        torch.testing.assert_close(loss, eager)
+        torch.testing.assert_close(encoder.weight.grad, eager_grad)
+        for a, b in zip(queues["compiled"].contents(), queues["eager"].contents(), strict=True):
+            torch.testing.assert_close(a, b)
+        graphs.append(counter.frame_count)
+    assert len(queues["compiled"]) == 40
+    assert graphs == [1] * 12, graphs  # main: 17 graphs in 12 steps
+
+
+def test_the_per_step_path_reads_no_device_value() -> None:
+    # On the meta device tensors have no values: every op that needs one on the host (.item(),
+    # nonzero, boolean-mask indexing: a sync on a GPU) raises there.
+    from scl_loss import memory
+    from scl_loss._problem import build_problem
+
+    queue = MemoryQueue(9, 4, device="meta")
+    features = torch.randn(6, 4, device="meta", requires_grad=True)
+    labels = torch.tensor([0, IGNORE, 1, 1, 2, 0], device="meta")
+    problem = build_problem(features, labels, None, temperature=0.5, normalize=True, ignore_index=IGNORE)
+    for _ in range(3):  # commit, read, stage
+        with_queue = memory.append_queue(problem, queue)
+        memory.enqueue_batch(queue, problem)
+    assert with_queue.contrasts.shape == (6 + 9, 4)  # every slot, filled or not
+    assert with_queue.valid.shape == (6 + 9,)
+
+
+def test_state_dict_includes_the_staged_batch_and_old_state_dicts_load() -> None:
+    queue = _filled_queue()
+    features, labels = _step_inputs(7)
+    supcon_loss(features, labels, queue=queue).backward()  # staged, not yet committed
+    state = queue.state_dict()
+    assert set(state) == {"embeddings", "labels", "valid", "position"}
+    restored = MemoryQueue(9, 4, dtype=torch.float64)
+    restored.load_state_dict(state)
+    _assert_same_contents(restored, _snapshot(queue))
+    # The format of earlier versions: slots filled in order, write position and count as ints.
+    old = {
+        "embeddings": torch.arange(12.0).reshape(4, 3),
+        "labels": torch.tensor([5, 6, 7, 0]),
+        "_extra_state": {"next": 3, "filled": 3},
+    }
+    legacy = MemoryQueue(4, 3)
+    legacy.load_state_dict(old)
+    assert legacy.contents()[1].tolist() == [5, 6, 7]
+    legacy.enqueue(torch.ones(2, 3), torch.tensor([8, 9]))  # slot 3, then the oldest (slot 0)
+    assert legacy.contents()[1].tolist() == [6, 7, 8, 9]
