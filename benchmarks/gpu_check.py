@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib.util
 import inspect
 import json
 import subprocess
@@ -52,6 +53,7 @@ import scl_loss.kernels.dense as _dense
 from benchmarks import summarize
 from benchmarks._cases import DTYPES, Case, fwd_bwd_step, make_inputs, synchronize
 from benchmarks._registry import build_registry
+from benchmarks.cached_step import largest_batch_markdown
 from scl_loss.functional import scl_cross_entropy, supcon_loss
 from scl_loss.reference import supcon_loss_dense, supcon_loss_loop
 
@@ -320,6 +322,16 @@ def half_gradient_cost(device: str, n_time: int, n_error: int, d: int, rounds: i
     return report
 
 
+def largest_batch(device: str, smoke: bool) -> dict:
+    """benchmarks.cached_step's search, or why it could not run (it needs transformers for MPNet,
+    which the bench extra does not install: carry its wheel to a machine without an index)."""
+    if importlib.util.find_spec("transformers") is None:
+        return {"skipped": "transformers is not installed (pip install transformers; docs/benchmarks.md)"}
+    from benchmarks.cached_step import largest_batch_report
+
+    return largest_batch_report(device, smoke=smoke)
+
+
 def run_benchmarks(out: Path, args: argparse.Namespace) -> int:
     cmd = [
         sys.executable,
@@ -398,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
 
     step("benchmark grid")
     bench_rc = run_benchmarks(args.out, args)
+
+    step("largest encoder batch with and without gradient caching")
+    largest = largest_batch(args.device, args.cpu_smoke)
+    (args.out / "largest_batch.json").write_text(json.dumps(largest, indent=1))
     # A peer's inaccuracy is reported, but only ours and the user's rows decide the exit code.
     failed = [c for c in correctness if not c["ok"] and c["kind"] != "peer"]
     peer_failed = [c for c in correctness if not c["ok"] and c["kind"] == "peer"]
@@ -456,6 +472,10 @@ def main(argv: list[str] | None = None) -> int:
             f"| {variant} | {summarize.fmt_time(entry['fwd_bwd_seconds'])} (N={entry['n']:,}) "
             f"| {entry['grad_error_vs_rounding']:.3f} (N={entry['n_error']:,}) |"
         )
+    lines += ["", "## Largest all-mpnet-base-v2 batch in a memory budget (docs/caching.md)", ""]
+    lines += [
+        largest_batch_markdown(largest) if "skipped" not in largest else f"Skipped: {largest['skipped']}."
+    ]
     with open(args.out / "benchmarks.md", "a") as f:
         f.write("\n" + "\n".join(lines) + f"\n\nTotal wall time: {time.time() - started:.0f} s\n")
     print("\n".join(lines))

@@ -148,8 +148,13 @@ def test_gpu_script_runs_end_to_end_in_cpu_smoke_mode(tmp_path):
     half = json.loads((tmp_path / "half_gradient.json").read_text())
     assert half["hi+lo"]["fwd_bwd_seconds"] > 0
     assert half["hi+lo"]["grad_error_vs_rounding"] <= 2.0
+    largest = json.loads((tmp_path / "largest_batch.json").read_text())
+    if "skipped" not in largest:  # needs transformers (the glue extra)
+        assert largest["plain"]["largest_batch"] >= 1
+        assert largest["cached"]["largest_batch"] >= 1
     report = (tmp_path / "benchmarks.md").read_text()
     assert "| default |" in report
+    assert "Largest all-mpnet-base-v2 batch" in report
     assert "checks passed" in report
     assert "calls without a host sync" in report
     assert "| hi+lo |" in report
