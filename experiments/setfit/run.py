@@ -90,11 +90,11 @@ def run(loss: str, train: Dataset, dev: tuple[list[str], list[int]], seed: int, 
         trainer = ours.Trainer(model=model, args=args, train_dataset=train)
     sampler = SamplerRecorder()
     trainer.add_callback(sampler)
-    trained = time.perf_counter()
+    trained, trained_cpu = time.perf_counter(), time.process_time()
     trainer.train()
-    predicted = time.perf_counter()
+    predicted, predicted_cpu = time.perf_counter(), time.process_time()
     accuracy = float((np.asarray(model.predict(dev[0])) == np.asarray(dev[1])).mean())
-    done = time.perf_counter()
+    done, done_cpu = time.perf_counter(), time.process_time()
     logs = trainer.st_trainer.state.log_history
     losses = [log["embedding_loss"] for log in logs if "embedding_loss" in log]
     return {
@@ -102,6 +102,9 @@ def run(loss: str, train: Dataset, dev: tuple[list[str], list[int]], seed: int, 
         "train_s": round(predicted - trained, 2),
         "eval_s": round(done - predicted, 2),
         "total_s": round(done - start, 2),
+        # CPU seconds of this process (one thread): what the run costs, whatever else the machine runs.
+        "train_cpu_s": round(predicted_cpu - trained_cpu, 2),
+        "eval_cpu_s": round(done_cpu - predicted_cpu, 2),
         "steps": trainer.st_trainer.state.global_step,
         "batch_sampler": sampler.used,
         "first_loss": losses[0] if losses else None,
