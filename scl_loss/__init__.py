@@ -5,6 +5,7 @@
 """
 
 from scl_loss import functional, reference
+from scl_loss.cached import cached_backward
 from scl_loss.functional import SCLComponents, scl_cross_entropy, supcon_loss
 from scl_loss.losses import SCLCrossEntropy, SupConLoss
 from scl_loss.memory import MemoryQueue
@@ -14,6 +15,7 @@ __all__ = [
     "SCLComponents",
     "SCLCrossEntropy",
     "SupConLoss",
+    "cached_backward",
     "functional",
     "reference",
     "scl_cross_entropy",

@@ -17,20 +17,31 @@ micro-batch is a mean over that micro-batch and is *not* pre-normalised by the
 transformers has it), so the Trainer divides each micro-batch loss by the number of
 accumulation steps: with equal micro-batches the CE term equals the full-batch mean.
 
+Larger SCL batches than the encoder's memory allows: ``SCLTrainer(..., scl_micro_batch_size=m)``
+keeps the per-device batch as the SCL batch (its negatives and positives) and runs the encoder on
+micro-batches of ``m`` rows with exact gradient caching (:func:`scl_loss.cached_backward`,
+docs/caching.md). The gradient is that of the whole per-device batch, so the update equals the
+plain step's; gradient accumulation, mixed precision (through ``accelerator.backward``) and DDP's
+``no_sync`` work as in the plain step.
+
 Evaluation: the loss is computed with ``output_hidden_states=True`` but only the logits are
 returned, so the Trainer does not gather every layer's hidden states across the eval set.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+from accelerate.utils import DistributedType
 from torch import Tensor, nn
 from transformers import Trainer
 from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.training_args import OptimizerNames
 
+from scl_loss.cached import cached_backward
 from scl_loss.functional import SCLComponents
 from scl_loss.losses import SCLCrossEntropy
 
@@ -90,16 +101,25 @@ def scl_compute_loss(
         >>> loss.shape, loss.requires_grad
         (torch.Size([]), True)
     """
-    if "labels" not in inputs:
-        raise ValueError(f"inputs must contain 'labels' to compute the SCL loss, got keys {sorted(inputs)}")
-    model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-    outputs = model(**model_inputs, output_hidden_states=True)
-    logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs.logits
-    result = criterion(logits, first_token_features(outputs), inputs["labels"])
+    model_inputs, labels = _split_labels(inputs)
+    logits, features = _logits_and_features(model, model_inputs)
+    result = criterion(logits, features, labels)
     loss = result.loss if isinstance(result, SCLComponents) else result
     if return_outputs:
         return loss, SequenceClassifierOutput(loss=loss, logits=logits)
     return loss
+
+
+def _split_labels(inputs: Mapping[str, Any]) -> tuple[dict[str, Any], Tensor]:
+    if "labels" not in inputs:
+        raise ValueError(f"inputs must contain 'labels' to compute the SCL loss, got keys {sorted(inputs)}")
+    return {k: v for k, v in inputs.items() if k != "labels"}, inputs["labels"]
+
+
+def _logits_and_features(model: nn.Module, model_inputs: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+    outputs = model(**model_inputs, output_hidden_states=True)
+    logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs.logits
+    return logits, first_token_features(outputs)
 
 
 class SCLTrainer(Trainer):
@@ -111,6 +131,14 @@ class SCLTrainer(Trainer):
         scl_tau: τ > 0.
         scl_reduction: ``"mean"`` (default, λ independent of batch size) or ``"sum"``
             (the paper's eq. 1–3 literally); see :class:`scl_loss.SCLCrossEntropy`.
+        scl_micro_batch_size: ``None`` (default): the encoder sees the whole per-device batch.
+            An int ``m ≥ 1``: the per-device batch stays the SCL batch, the encoder runs on
+            micro-batches of ``m`` rows with exact gradient caching (:func:`scl_loss.cached_backward`;
+            the same update, less activation memory, about one extra forward pass). Not with
+            DeepSpeed, ``nn.DataParallel`` (several GPUs in one process) or LOMO optimizers; the
+            cached step does not call :meth:`compute_loss`.
+        scl_gather_distributed: under DDP/torchrun, contrast against every rank's batch with
+            exact gradients (``gather_distributed`` of :class:`scl_loss.SCLCrossEntropy`).
 
     Example:
         >>> from scl_loss.integrations.transformers import SCLTrainer
@@ -129,12 +157,77 @@ class SCLTrainer(Trainer):
         scl_lambda: float = 0.9,
         scl_tau: float = 0.3,
         scl_reduction: str = "mean",
+        scl_micro_batch_size: int | None = None,
+        scl_gather_distributed: bool = False,
         **kwargs: Any,
     ) -> None:
+        if scl_micro_batch_size is not None:
+            if isinstance(scl_micro_batch_size, bool) or not isinstance(
+                scl_micro_batch_size, numbers.Integral
+            ):
+                raise TypeError(
+                    "scl_micro_batch_size must be None or an int >= 1, "
+                    f"got {type(scl_micro_batch_size).__name__}"
+                )
+            if scl_micro_batch_size < 1:
+                raise ValueError(
+                    f"scl_micro_batch_size must be None or an int >= 1, got {scl_micro_batch_size}"
+                )
+        if not isinstance(scl_gather_distributed, bool):
+            raise TypeError(
+                f"scl_gather_distributed must be a bool, got {type(scl_gather_distributed).__name__}"
+            )
         super().__init__(*args, **kwargs)
-        self.scl_criterion = SCLCrossEntropy(scl_lambda, scl_tau, scl_reduction=scl_reduction)
+        self.scl_criterion = SCLCrossEntropy(
+            scl_lambda, scl_tau, scl_reduction=scl_reduction, gather_distributed=scl_gather_distributed
+        )
+        self.scl_micro_batch_size = scl_micro_batch_size
+        if scl_micro_batch_size is not None:
+            self._check_cached_step_supported()
         # Never hand num_items_in_batch to the model, and let the Trainer scale for accumulation.
         self.model_accepts_loss_kwargs = False
+
+    def _check_cached_step_supported(self) -> None:
+        # Each of these backpropagates in its own way, which the cached step cannot reproduce.
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise ValueError("scl_micro_batch_size does not support DeepSpeed (its engine runs the backward)")
+        if self.args.n_gpu > 1:
+            raise ValueError(
+                f"scl_micro_batch_size does not support nn.DataParallel over {self.args.n_gpu} GPUs in one "
+                "process: launch one process per GPU (torchrun) instead"
+            )
+        if self.args.optim in (OptimizerNames.LOMO, OptimizerNames.ADALOMO):
+            raise ValueError(f"scl_micro_batch_size does not support the {self.args.optim} optimizer")
+
+    def training_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        """:meth:`transformers.Trainer.training_step`, or with ``scl_micro_batch_size`` the cached step:
+        forward and backward of the whole per-device batch in micro-batches, one backward in all."""
+        if self.scl_micro_batch_size is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()
+        model_inputs, labels = _split_labels(self._prepare_inputs(inputs))
+        # As the plain step: the loss is a mean over the batch, divided by the accumulation steps,
+        # then accelerator.backward (which applies the fp16 GradScaler when there is one).
+        steps = self.current_gradient_accumulation_steps
+        with self.compute_loss_context_manager():
+            result = cached_backward(
+                lambda batch: _logits_and_features(model, batch),
+                model_inputs,
+                labels,
+                self.scl_criterion,
+                micro_batch_size=self.scl_micro_batch_size,
+                backward=lambda loss: self.accelerator.backward(loss / steps),
+                no_sync=lambda: self.accelerator.no_sync(model),
+            )
+        loss = result.loss if isinstance(result, SCLComponents) else result
+        return loss / steps
 
     def compute_loss(
         self,
