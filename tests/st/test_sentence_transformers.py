@@ -17,7 +17,7 @@ pytest.importorskip("sentence_transformers", reason="needs the [st] extra: pip i
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Dense
 
-from scl_loss.integrations.sentence_transformers import SupConLoss
+from scl_loss.integrations.sentence_transformers import CachedSupConLoss, SupConLoss
 from scl_loss.reference import supcon_loss_loop
 from tests._multiprocess import run_on_ranks
 from tests.st.conftest import CLASSES, TEXTS, param_grads
@@ -169,11 +169,17 @@ def toy_model() -> SentenceTransformer:
     return SentenceTransformer(modules=[Dense(DIM_IN, DIM_OUT)], device="cpu").double()
 
 
-def gather_on_rank(rank: int, world_size: int, workdir: str) -> None:
+LOSSES = {
+    "SupConLoss": SupConLoss,
+    "CachedSupConLoss": lambda *a, **k: CachedSupConLoss(*a, mini_batch_size=3, **k),
+}
+
+
+def gather_on_rank(rank: int, world_size: int, workdir: str, loss_name: str) -> None:
     inputs, labels = toy_batch()
     shard = torch.tensor_split(torch.arange(len(labels)), world_size)[rank]  # uneven: 4 and 3 rows
     model = toy_model()
-    loss = SupConLoss(model, temperature=0.2, gather_across_devices=True)
+    loss = LOSSES[loss_name](model, temperature=0.2, gather_across_devices=True)
     value = loss([{"sentence_embedding": inputs[shard]}], labels[shard])
     value.backward()
     grads = [p.grad for p in model.parameters()]
@@ -185,8 +191,9 @@ def gather_on_rank(rank: int, world_size: int, workdir: str) -> None:
 
 
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs gloo")
-def test_gather_across_devices_equals_one_process(tmp_path):
-    run_on_ranks(gather_on_rank, WORLD_SIZE, tmp_path)
+@pytest.mark.parametrize("loss_name", sorted(LOSSES))
+def test_gather_across_devices_equals_one_process(tmp_path, loss_name):
+    run_on_ranks(gather_on_rank, WORLD_SIZE, tmp_path, loss_name)
     inputs, labels = toy_batch()
     model = toy_model()
     value = SupConLoss(model, temperature=0.2)([{"sentence_embedding": inputs}], labels)
