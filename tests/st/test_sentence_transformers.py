@@ -172,21 +172,41 @@ def toy_model() -> SentenceTransformer:
 LOSSES = {
     "SupConLoss": SupConLoss,
     "CachedSupConLoss": lambda *a, **k: CachedSupConLoss(*a, mini_batch_size=3, **k),
+    "CachedSupConLoss, DDP": lambda *a, **k: CachedSupConLoss(*a, mini_batch_size=3, **k),
 }
 
 
+def counting_allreduce(state: dict, bucket):
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    state["calls"] += 1
+    return allreduce_hook(None, bucket)
+
+
 def gather_on_rank(rank: int, world_size: int, workdir: str, loss_name: str) -> None:
+    """One step on this rank's shard; the gradients averaged over ranks as DDP does (by DDP itself for
+    the DDP case: 4 rows = 2 mini-batches on rank 0, 1 on rank 1, one all-reduce each)."""
     inputs, labels = toy_batch()
     shard = torch.tensor_split(torch.arange(len(labels)), world_size)[rank]  # uneven: 4 and 3 rows
     model = toy_model()
+    ddp = loss_name.endswith("DDP")
+    state = {"calls": 0}
+    if ddp:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+        model.register_comm_hook(state, counting_allreduce)
     loss = LOSSES[loss_name](model, temperature=0.2, gather_across_devices=True)
     value = loss([{"sentence_embedding": inputs[shard]}], labels[shard])
     value.backward()
     grads = [p.grad for p in model.parameters()]
-    for g in grads:  # what DDP does with the gradients
-        dist.all_reduce(g)
-        g /= world_size
-    out = {"value": value.item(), "grads": [g.flatten().tolist() for g in grads]}
+    if not ddp:
+        for g in grads:
+            dist.all_reduce(g)
+            g /= world_size
+    out = {
+        "value": value.item(),
+        "grads": [g.flatten().tolist() for g in grads],
+        "allreduces": state["calls"],
+    }
     (Path(workdir) / f"rank-{rank}.json").write_text(json.dumps(out))
 
 
@@ -201,5 +221,6 @@ def test_gather_across_devices_equals_one_process(tmp_path, loss_name):
     for rank in range(WORLD_SIZE):
         out = json.loads((tmp_path / f"rank-{rank}.json").read_text())
         assert out["value"] == pytest.approx(value.item(), rel=1e-12)
+        assert out["allreduces"] == (1 if loss_name.endswith("DDP") else 0)
         for got, param in zip(out["grads"], model.parameters(), strict=True):
             torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), param.grad.flatten())
