@@ -22,6 +22,7 @@ defaults: for others, pass a subclass (docs/sentence-transformers.md).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import setfit
@@ -92,7 +93,7 @@ class SupConLoss(st.SupConLoss):
         self.contrast_mode = contrast_mode
         self.base_temperature = v.check_positive_finite("base_temperature", base_temperature)
 
-    def compute_loss_from_embeddings(self, embeddings: Any, labels: Tensor | None) -> Tensor:
+    def compute_loss_from_embeddings(self, embeddings: Sequence[Tensor], labels: Tensor | None) -> Tensor:
         if self.contrast_mode == "one" and len(embeddings) > 1:
             raise ValueError(
                 f"contrast_mode='one' is supported for one text column, got {len(embeddings)} columns"
