@@ -46,8 +46,10 @@ def cached_backward(
        pass started from (same dropout masks), and backpropagation of that micro-batch's slice
        of the gradient from step 2.
 
-    Parameter ``.grad`` then holds what ``loss.backward()`` on the whole batch would have added
-    (exactly, up to float summation order), and the RNG is left as after step 2. The RNG state
+    Parameter ``.grad`` then holds what the uncached step (the same micro-batches encoded with a
+    graph, concatenated, ``criterion``, ``loss.backward()``) would have added: ``∂L/∂θ =
+    Σ_j (∂z_j/∂θ)ᵀ ∂L/∂z_j`` over the micro-batches' outputs ``z_j``, exactly up to the order of
+    float additions. The RNG is left as after step 2. The RNG state
     replayed is the CPU generator's and the CUDA generators of the current device and of every
     device that holds an input tensor.
 

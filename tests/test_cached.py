@@ -30,6 +30,15 @@ IN_DIM, HIDDEN, DIM, CLASSES = 6, 12, 5, 3
 REL = 1e-10
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models: one intra-op thread avoids OpenMP barrier stalls on a shared 2-core runner."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class Net(nn.Module):
     """An encoder with dropout whose Φ feeds both the SCL term and a linear head."""
 
@@ -532,7 +541,19 @@ def test_transformer_without_dropout_equals_the_plain_full_batch_step(bert, kind
     assert_grads_equal(take_grads(model), plain)
 
 
-@settings(max_examples=8)
+def test_transformer_with_gradient_checkpointing_inside(bert):
+    """The model's own activation checkpointing (which replays RNG itself) composes with caching."""
+    model = bert(0.2)
+    options = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:  # its name in transformers releases before the rename
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+    inputs, labels = bert_batch(10)
+    compare(model, inputs, labels, "scl_ce", 4, forward=bert_forward(model, with_logits=True))
+
+
+@settings(max_examples=15)
 @given(n=st.integers(1, 9), micro_batch_size=st.integers(1, 10), seed=st.integers(0, 1000))
 def test_transformer_property(bert, n, micro_batch_size, seed):
     model = bert(0.1)
@@ -644,3 +665,36 @@ def test_ddp_two_ranks_equal_one_process_with_one_all_reduce(ddp_results, case):
         f"--- rank {r} ---\n{res[case]}" for r, res in enumerate(ddp_results) if res.get(case, "missing")
     ]
     assert not failures, "\n".join(failures)
+
+
+# --- the benchmark's machinery (benchmarks/cached_step.py; not timed here) ---------------------
+
+
+def test_largest_batch_search_finds_the_boundary_and_the_cap():
+    from benchmarks.cached_step import _search
+
+    def trial(limit):
+        return lambda b: {"batch": b, "fits": b <= limit, "peak_extra_bytes": b, "seconds": 0.0}
+
+    found = _search(trial(100), start=8, cap=4096, resolution=2)
+    assert 98 <= found["largest_batch"] <= 100
+    assert not found["reached_cap"]
+    assert [t["batch"] for t in found["trials"]][:6] == [8, 16, 32, 64, 128, 96]
+    capped = _search(trial(10**9), start=8, cap=100, resolution=2)
+    assert capped["largest_batch"] == 100
+    assert capped["reached_cap"]
+    assert _search(trial(4), start=8, cap=100, resolution=2)["largest_batch"] == 4  # below the start
+    assert _search(trial(0), start=8, cap=100, resolution=2)["largest_batch"] == 0
+
+
+def test_benchmark_steps_compute_the_same_loss_and_gradient():
+    pytest.importorskip("transformers")
+    from benchmarks.cached_step import make_step, mpnet_base
+
+    model = mpnet_base(smoke=True).double().eval()  # eval: no dropout, so plain == cached
+    losses, grads = [], []
+    for micro in (None, 5):
+        losses.append(make_step(model, 12, 8, micro, "cpu")())
+        grads.append(take_grads(model))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-12)
+    assert_grads_equal(grads[1], grads[0])
