@@ -1,9 +1,4 @@
-"""Every option of ``scl-glue``, declared once, as dataclasses for ``transformers.HfArgumentParser``.
-
-Optimisation, evaluation, mixed precision and multi-GPU options are ``TrainingArguments``
-fields (``--learning_rate``, ``--per_device_train_batch_size``, ``--num_train_epochs``,
-``--bf16``, ...); :class:`GlueTrainingArguments` only changes the defaults the paper fixes.
-"""
+"""Every option of ``scl-glue``, declared once, as dataclasses for ``transformers.HfArgumentParser``."""
 
 from __future__ import annotations
 
@@ -23,6 +18,7 @@ __all__ = [
     "MergeArguments",
     "ModelArguments",
     "ReportArguments",
+    "RunArguments",
     "SampleArguments",
     "SplitArguments",
 ]
@@ -130,7 +126,6 @@ class ModelArguments:
     def __post_init__(self) -> None:
         _check("max_length", self.max_length >= 8, self.max_length, ">= 8")
         _check("dropout", 0 <= self.dropout < 1, self.dropout, "in [0, 1)")
-        _check("scl_reduction", self.scl_reduction in ("mean", "sum"), self.scl_reduction, "'mean' or 'sum'")
         _check("patience", self.patience >= 0, self.patience, ">= 0")
         mbs = self.micro_batch_size
         _check("micro_batch_size", mbs is None or mbs >= 1, mbs, ">= 1")
@@ -188,6 +183,18 @@ class GlueTrainingArguments(TrainingArguments):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check("learning_rate", self.learning_rate > 0, self.learning_rate, "> 0")
+
+
+@dataclass
+class RunArguments:
+    """Everything ``run`` is given: its option dataclasses, in the order the command parses them."""
+
+    grid: GridArguments
+    sample: SampleArguments
+    data: DataArguments
+    model: ModelArguments
+    execution: ExecutionArguments
+    training: GlueTrainingArguments
 
 
 @dataclass

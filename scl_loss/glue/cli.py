@@ -13,19 +13,16 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from transformers import HfArgumentParser
 
 from scl_loss.glue.arguments import (
     AugmentArguments,
     DataArguments,
-    ExecutionArguments,
-    GlueTrainingArguments,
-    GridArguments,
     MergeArguments,
-    ModelArguments,
     ReportArguments,
+    RunArguments,
     SampleArguments,
     SplitArguments,
 )
@@ -79,7 +76,7 @@ def _run(*parsed: Any) -> int:
     import datasets
     from transformers.utils import logging as hf_logging
 
-    from scl_loss.glue.grid import RunArguments, expand_grid
+    from scl_loss.glue.grid import expand_grid
     from scl_loss.glue.runner import execute
 
     args = RunArguments(*parsed)
@@ -150,17 +147,9 @@ def _augment(args: AugmentArguments, data: DataArguments) -> int:
 
 
 # Each command: its option dataclasses (the first one's docstring is the command's summary) and handler.
-RUN = (
-    GridArguments,
-    SampleArguments,
-    DataArguments,
-    ModelArguments,
-    ExecutionArguments,
-    GlueTrainingArguments,
-)
 COMMANDS: dict[str, tuple[tuple[Any, ...], Callable[..., int]]] = {
     "split": ((SplitArguments, SampleArguments, DataArguments), _split),
-    "run": (RUN, _run),
+    "run": (tuple(get_type_hints(RunArguments).values()), _run),
     "report": ((ReportArguments,), _report),
     "merge": ((MergeArguments,), _merge),
     "augment": ((AugmentArguments, DataArguments), _augment),

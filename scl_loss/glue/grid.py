@@ -11,22 +11,14 @@ import dataclasses
 import functools
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scl_loss.glue.arguments import (
-    DataArguments,
-    ExecutionArguments,
-    GlueTrainingArguments,
-    GridArguments,
-    ModelArguments,
-    SampleArguments,
-)
+from scl_loss.glue.arguments import RunArguments
 from scl_loss.glue.data import describe, load_augmented
 from scl_loss.glue.tasks import get_task
 
-__all__ = ["RUN_INFO", "RunArguments", "expand_grid", "model_id", "run_key"]
+__all__ = ["RUN_INFO", "expand_grid", "model_id", "run_key"]
 
 RUN_INFO = "scl_glue_run.json"  # written next to a saved model: the spec that produced it
 # TrainingArguments fields that change what a run computes; they are part of its key.
@@ -36,18 +28,6 @@ TRAINING_FIELDS = (
     *("per_device_train_batch_size", "gradient_accumulation_steps", "label_smoothing_factor"),
     *("bf16", "fp16", "eval_strategy", "eval_steps", "metric_for_best_model"),
 )
-
-
-@dataclass
-class RunArguments:
-    """Everything ``run`` was given, in the order ``HfArgumentParser`` fills it."""
-
-    grid: GridArguments
-    sample: SampleArguments
-    data: DataArguments
-    model: ModelArguments
-    execution: ExecutionArguments
-    training: GlueTrainingArguments
 
 
 def run_key(spec: dict[str, Any]) -> str:

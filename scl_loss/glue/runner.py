@@ -18,6 +18,7 @@ from datasets import Dataset
 from transformers import AutoTokenizer
 
 from scl_loss.glue import journal
+from scl_loss.glue.arguments import RunArguments
 from scl_loss.glue.data import (
     TaskData,
     load_augmented,
@@ -26,7 +27,7 @@ from scl_loss.glue.data import (
     read_split,
     with_paraphrases,
 )
-from scl_loss.glue.grid import RUN_INFO, RunArguments, expand_grid, run_key
+from scl_loss.glue.grid import RUN_INFO, expand_grid, run_key
 from scl_loss.glue.splits import ProtocolSplit
 from scl_loss.glue.tasks import get_task
 from scl_loss.glue.train import encode, first_token_embeddings, train_and_score

@@ -24,7 +24,7 @@ from transformers import (
     set_seed,
 )
 
-from scl_loss.glue.grid import RunArguments
+from scl_loss.glue.arguments import RunArguments
 from scl_loss.glue.tasks import get_task
 from scl_loss.integrations.transformers import SCLTrainer, first_token_features
 
