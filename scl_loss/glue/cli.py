@@ -1,8 +1,4 @@
-"""``scl-glue`` / ``python -m scl_loss.glue``: split, run, report, merge, augment.
-
-Each command's options are the dataclasses of ``arguments.py`` (``scl-glue COMMAND --help``);
-see ``docs/glue.md`` for the protocol and the commands that produce the paper's tables.
-"""
+"""``scl-glue`` / ``python -m scl_loss.glue``: split, run, report, merge, augment (docs/glue.md)."""
 
 from __future__ import annotations
 
@@ -172,7 +168,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:  # bad data or options: the message says what and where
         print(f"scl-glue {known.command}: error: {err}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

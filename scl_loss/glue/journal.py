@@ -1,9 +1,5 @@
-"""The results journal: one JSON line per finished run, safe against crashes and concurrent writers.
-
-An append writes the whole new journal to a temporary file and renames it over the old one, so
-after a crash the journal is the old or the new version, never a torn line; an advisory
-``flock`` lets several processes (shards, torchrun ranks) share one journal.
-"""
+"""The results journal: one JSON line per finished run, safe against crashes (the old or the new
+journal, never a torn line) and concurrent writers (shards, torchrun ranks share one)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""Resumable execution of a grid: this shard's unfinished runs, each appended to the journal.
-
-Under torchrun or ``accelerate launch`` every process runs every run and the main process alone
-writes. Every process reads the journal before the first run, and no run can finish before
-every process has joined it, so all agree on the runs to do.
-"""
+"""Resumable execution of a grid: this shard's unfinished runs, each appended to the journal
+(docs/glue.md, "run": resume, shards, several GPUs)."""
 
 from __future__ import annotations
 
@@ -140,11 +136,9 @@ def _run_one(spec: dict[str, Any], cache: _Cache, key: str) -> dict[str, Any]:
 
 
 def execute(args: RunArguments, *, log: Callable[[str], None] = print) -> Stats:
-    """Run this shard's unfinished runs, appending each finished one to the journal.
-
-    A ``KeyboardInterrupt`` or crash loses only the run in progress; re-running the same
-    command resumes.
-    """
+    """Run this shard's unfinished runs, appending each finished one to the journal: a crash loses
+    only the run in progress. Under torchrun every process reads the journal before the first run
+    and no run can finish before every process has joined it, so all agree on the runs to do."""
     index, count = args.execution.shard_index_count
     if count > 1 and args.training.world_size > 1:
         raise ValueError(
