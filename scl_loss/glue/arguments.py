@@ -40,11 +40,6 @@ def _check(name: str, ok: bool, value: object, expected: str) -> None:
         raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
-def _check_tasks(name: str, tasks: list[str]) -> None:
-    for task in tasks:
-        _check(name, task.lower().replace("-", "") in TASKS, task, f"tasks among {', '.join(TASKS)}")
-
-
 @dataclass
 class DataArguments:
     """Where a task's data comes from: a task folder, a root of task folders, or the hub (default)."""
@@ -86,9 +81,6 @@ class SplitArguments:
     task: str = required("task name")
     out: str = required("JSON file to write")
 
-    def __post_init__(self) -> None:
-        _check_tasks("task", [self.task])
-
 
 @dataclass
 class GridArguments:
@@ -105,7 +97,8 @@ class GridArguments:
 
     def __post_init__(self) -> None:
         _check("tasks", bool(self.tasks), self.tasks, 'one or more task names (or "tasks" in --config)')
-        _check_tasks("tasks", self.tasks)
+        for task in self.tasks:  # before any data is read
+            _check("tasks", task.lower().replace("-", "") in TASKS, task, f"tasks among {', '.join(TASKS)}")
         _check("seeds", self.seeds >= 1, self.seeds, ">= 1")
         _check("ce", self.ce or not self.ce_only, self.ce, "True with ce_only")
 
@@ -227,6 +220,3 @@ class AugmentArguments:
     de_en: str = opt("Helsinki-NLP/opus-mt-de-en", "local folder or cached hub name")
     device: str = opt("cpu", "device of the translation models")
     seed: int = opt(0, "sampling seed")
-
-    def __post_init__(self) -> None:
-        _check_tasks("task", [self.task])

@@ -209,7 +209,7 @@ def tsne_figures(selections: list[Selection], folder: Path) -> list[Path]:
         import numpy as np
         from sklearn.manifold import TSNE
 
-        task = get_task(setting.task)
+        task, size = get_task(setting.task), _size(setting)
         fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
         for ax, loss, title in zip(axes, ("ce", "scl"), ("CE", "CE+SCL"), strict=True):
             data = np.load(paths[loss])
@@ -220,19 +220,12 @@ def tsne_figures(selections: list[Selection], folder: Path) -> list[Path]:
             for label in sorted(set(data["labels"].tolist())):
                 keep = data["labels"] == label
                 ax.scatter(points[keep, 0], points[keep, 1], s=6, label=task.label_names[label])
-            ax.set_title(f"{title} (test acc {_pct(pair[loss].best_record['result']['test_acc'])})")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            accuracy = _pct(pair[loss].best_record["result"]["test_acc"])
+            ax.set(title=f"{title} (test acc {accuracy})", xticks=[], yticks=[])
         axes[0].legend(loc="best", fontsize=8)
-        fig.suptitle(f"tSNE of test-set Φ: {task.display}, {setting.regime}, N={_size(setting)}")
+        fig.suptitle(f"tSNE of test-set Φ: {task.display}, {setting.regime}, N={size}")
         fig.tight_layout()
-        parts = (
-            setting.task,
-            setting.regime,
-            _size(setting).replace("/", "per"),
-            setting.augment,
-            setting.init,
-        )
+        parts = (setting.task, setting.regime, size.replace("/", "per"), setting.augment, setting.init)
         target = folder / f"tsne-{'-'.join(str(x) for x in parts if x not in (None, ''))}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(target, dpi=120)
