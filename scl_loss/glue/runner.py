@@ -135,7 +135,7 @@ def _run_one(spec: dict[str, Any], cache: _Cache, key: str) -> dict[str, Any]:
     return record
 
 
-def execute(args: RunArguments, *, log: Callable[[str], None] = print) -> Stats:
+def execute(args: RunArguments) -> Stats:
     """Run this shard's unfinished runs, appending each finished one to the journal: a crash loses
     only the run in progress. Under torchrun every process reads the journal before the first run
     and no run can finish before every process has joined it, so all agree on the runs to do."""
@@ -149,7 +149,7 @@ def execute(args: RunArguments, *, log: Callable[[str], None] = print) -> Stats:
     done = journal.finished_keys(path)
     todo = [(key, spec) for key, spec in ((run_key(s), s) for s in mine) if key not in done]
     main = args.training.process_index == 0
-    log = log if main else lambda _: None
+    log = print if main else lambda _: None  # the main process alone reports
     skipped = len(mine) - len(todo)
     log(f"shard {index}/{count}: {len(mine)} runs, {skipped} already in {path}, {len(todo)} to do")
     todo = todo[: args.execution.max_runs]
