@@ -92,10 +92,8 @@ def _load(builder: str, path: Path, **options: Any) -> Dataset:
     # file's mtime, which a quick rewrite can leave unchanged.
     try:
         with tempfile.TemporaryDirectory() as cache:
-            load = datasets.load_dataset
-            return load(
-                builder, data_files=str(path), split="train", cache_dir=cache, keep_in_memory=True, **options
-            )
+            options.update(data_files=str(path), split="train", cache_dir=cache, keep_in_memory=True)
+            return datasets.load_dataset(builder, **options)
     except (datasets.exceptions.DatasetsError, ValueError) as err:  # pandas/pyarrow parse errors
         raise DataFormatError(path, "?", f"a readable {path.suffix} file", err.__cause__ or err) from err
 

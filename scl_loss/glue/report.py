@@ -79,11 +79,11 @@ def combination_of(spec: dict[str, Any]) -> Combination:
     )
 
 
-def _score(setting: Setting, combo: Combination, runs: list[dict[str, Any]], top_k: int) -> Selection:
-    """Full data: every seed, test of the best one; few-shot: the top ``top_k`` samples, mean ± std."""
+def _score(setting: Setting, combo: Combination, runs: list[dict[str, Any]]) -> Selection:
+    """Full data: every seed, test of the best one; few-shot: the top ``TOP_K`` samples, mean ± std."""
     ranked = sorted(runs, key=lambda r: (-r["result"]["val_acc"], r["spec"]["sample"]))
     full = setting.regime == "full"
-    used = ranked if full else ranked[:top_k]
+    used = ranked if full else ranked[:TOP_K]
     results = [r["result"] for r in used]
     if full:
         test, std = results[0]["test_acc"], None
@@ -98,7 +98,7 @@ def _score(setting: Setting, combo: Combination, runs: list[dict[str, Any]], top
     return Selection(setting, combo.loss, lam, tau, len(runs), val, test, std, extra, used)
 
 
-def select(records: list[dict[str, Any]], top_k: int = TOP_K) -> list[Selection]:
+def select(records: list[dict[str, Any]]) -> list[Selection]:
     """The chosen combination of every setting × loss family present."""
     groups: dict[Setting, dict[Combination, list[dict[str, Any]]]] = {}
     for record in records:
@@ -107,7 +107,7 @@ def select(records: list[dict[str, Any]], top_k: int = TOP_K) -> list[Selection]
     out = []
     for setting, combos in sorted(groups.items(), key=lambda kv: str(tuple(kv[0]))):
         for family in ("ce", "scl"):
-            scored = [_score(setting, c, runs, top_k) for c, runs in combos.items() if c.loss == family]
+            scored = [_score(setting, c, runs) for c, runs in combos.items() if c.loss == family]
             if scored:  # the best validation score; ties go to the smaller λ, then the smaller τ
                 out.append(max(scored, key=lambda s: (s.val, -(s.lambda_ or 0.0), -(s.tau or 0.0))))
     return out
