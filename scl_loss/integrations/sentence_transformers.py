@@ -139,7 +139,7 @@ class SupConLoss(nn.Module):
             kind = type(gather_across_devices).__name__
             raise TypeError(f"gather_across_devices must be a bool, got {kind}")
         self.model = model
-        self.temperature = v.check_positive_finite("temperature", temperature)
+        self.temperature = v.check_temperature("temperature", temperature)
         self.gather_across_devices = gather_across_devices
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> Tensor:
