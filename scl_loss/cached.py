@@ -4,6 +4,13 @@ r"""Exact gradient caching: the SCL batch is the whole batch, the encoder sees m
 examples while the encoder only ever holds the activations of ``micro_batch_size`` of them
 (Gao et al. 2021, "GradCache"). docs/caching.md has the exactness argument, the comparison with
 gradient accumulation, and the AMP and DDP recipes.
+
+It is two encoder passes around the loss, and each pass is a function of its own for code that
+cannot run them in one call (a loss whose backward the trainer drives, e.g. the
+sentence-transformers ``CachedSupConLoss``): :func:`encode_micro_batches` encodes without a
+graph and returns the outputs with a :class:`MicroBatches` record, and
+:func:`backward_micro_batches` re-encodes from that record with a graph and backpropagates the
+outputs' gradient into the parameters.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -18,21 +26,24 @@ from torch import Tensor
 
 from scl_loss.functional import SCLComponents
 
-__all__ = ["cached_backward"]
+__all__ = ["MicroBatches", "backward_micro_batches", "cached_backward", "encode_micro_batches"]
 
 Inputs = Tensor | Mapping[str, Any] | Sequence[Any]
 Outputs = tuple[Tensor | None, Tensor]  # (logits or None, features)
+Grads = tuple[Tensor | None, Tensor | None]  # their gradients, None where the loss does not use one
+Forward = Callable[[Any], Tensor | tuple[Tensor, Tensor]]
+NoSync = Callable[[], contextlib.AbstractContextManager[Any]]
 
 
 def cached_backward(
-    forward: Callable[[Any], Tensor | tuple[Tensor, Tensor]],
+    forward: Forward,
     inputs: Inputs,
     labels: Tensor | None,
     criterion: Callable[..., Tensor | SCLComponents],
     *,
     micro_batch_size: int,
     backward: Callable[[Tensor], object] | None = None,
-    no_sync: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+    no_sync: NoSync | None = None,
 ) -> Tensor | SCLComponents:
     r"""Backpropagate ``criterion`` on the whole batch, running ``forward`` on micro-batches.
 
@@ -51,7 +62,8 @@ def cached_backward(
     Σ_j (∂z_j/∂θ)ᵀ ∂L/∂z_j`` over the micro-batches' outputs ``z_j``, exactly up to the order of
     float additions. The RNG is left as after step 2. The RNG state
     replayed is the CPU generator's and the CUDA generators of the current device and of every
-    device that holds an input tensor.
+    device that holds an input tensor. Steps 1 and 3 are :func:`encode_micro_batches` and
+    :func:`backward_micro_batches`.
 
     Args:
         forward: maps one micro-batch (of the same kind as ``inputs``; a mapping becomes a
@@ -102,25 +114,12 @@ def cached_backward(
         (False, torch.Size([16, 32]))
     """
     n, tensors = _check_arguments(forward, inputs, labels, criterion, micro_batch_size, backward, no_sync)
-    # An empty batch still runs once: under DDP every rank must take part in the backward.
-    bounds = [(start, min(start + micro_batch_size, n)) for start in range(0, max(n, 1), micro_batch_size)]
-    micro_batches = [_slice(inputs, start, stop) for start, stop in bounds]
-    devices = _cuda_devices(tensors)
-
-    # Step 1: outputs only, and the RNG state each micro-batch started from.
-    starts: list[_RngState] = []
-    firsts: list[Outputs] = []
-    with torch.no_grad():
-        for index, (batch, (start, stop)) in enumerate(zip(micro_batches, bounds, strict=True)):
-            starts.append(_get_rng(devices))
-            firsts.append(_check_outputs(forward(batch), index, stop - start))
-    if len({out[0] is None for out in firsts}) > 1:
-        raise TypeError("forward must return features, or (logits, features), alike for every micro-batch")
-    signatures = [_signature(out) for out in firsts]
+    # Step 1: the outputs without a graph, and the RNG state each micro-batch started from.
+    outputs, micro_batches = _encode(forward, inputs, n, tensors, micro_batch_size)
 
     # Step 2: the loss on the whole batch, with the outputs as leaves.
-    leaves = [_concat([out[k] for out in firsts]) for k in (0, 1)]
-    del firsts
+    leaves = [None if out is None else out.requires_grad_() for out in outputs]
+    del outputs
     args = [leaf for leaf in leaves if leaf is not None] + ([] if labels is None else [labels])
     result = criterion(*args)
     loss = _check_result(result)
@@ -128,40 +127,236 @@ def cached_backward(
         loss.backward()
     else:
         backward(loss)
-    grads = [None if leaf is None else leaf.grad for leaf in leaves]
+    grads = (None if leaves[0] is None else leaves[0].grad, leaves[1].grad)
     if all(grad is None for grad in grads):
         raise RuntimeError(
             "backward left no gradient on the forward's outputs: it must backpropagate the loss"
         )
 
     # Step 3: re-encode with a graph from the same RNG state; push each micro-batch's gradient through.
-    after = _get_rng(devices)
-    try:
-        for index, (batch, (start, stop)) in enumerate(zip(micro_batches, bounds, strict=True)):
-            _set_rng(starts[index], devices)
-            with _sync_context(no_sync, index, len(bounds)):
-                outs = _check_outputs(forward(batch), index, stop - start)
-                if _signature(outs) != signatures[index]:
-                    raise RuntimeError(
-                        f"forward returned {_signature(outs)} for micro-batch {index} on its second run but "
-                        f"{signatures[index]} on its first: it must be deterministic given the RNG state"
-                    )
-                _backward_slice(outs, grads, start, stop)
-    finally:
-        _set_rng(after, devices)
+    _backward(micro_batches, grads, no_sync)
     if isinstance(result, SCLComponents):
         return SCLComponents(*(t.detach() for t in result))
     return loss.detach()
 
 
+@dataclass(frozen=True, repr=False)
+class MicroBatches:
+    """What :func:`encode_micro_batches` keeps for :func:`backward_micro_batches` to re-encode the batch.
+
+    Not built by hand. It holds ``forward`` and ``inputs`` themselves (not copies: neither may
+    change between the two phases), the micro-batches' row bounds, the RNG state each one's
+    graph-free pass started from, the CUDA devices whose generators those states cover, and
+    each micro-batch's output shapes and dtypes (the replay must reproduce them).
+    """
+
+    forward: Forward
+    inputs: Inputs
+    bounds: tuple[tuple[int, int], ...]
+    rng_states: tuple[_RngState, ...]
+    devices: tuple[int, ...]
+    signatures: tuple[tuple[object, ...], ...]
+    shapes: tuple[torch.Size | None, torch.Size]  # of the concatenated (logits or None, features)
+
+    def __repr__(self) -> str:
+        rows = self.bounds[-1][1]
+        kind = "features" if self.shapes[0] is None else "(logits, features)"
+        return f"{type(self).__name__}(rows={rows}, micro_batches={len(self.bounds)}, outputs={kind})"
+
+
+def encode_micro_batches(
+    forward: Forward, inputs: Inputs, *, micro_batch_size: int
+) -> tuple[Tensor | tuple[Tensor, Tensor], MicroBatches]:
+    r"""Phase 1 of gradient caching: ``forward`` on each micro-batch without a graph.
+
+    Runs ``forward`` under :func:`torch.no_grad` on ``inputs[i·m : (i+1)·m]`` (``m =
+    micro_batch_size``; the last may be shorter, an empty batch is one empty micro-batch),
+    saving the RNG state each micro-batch starts from, and returns the concatenated outputs,
+    which have no graph (the encoder keeps no activations), with the :class:`MicroBatches`
+    record that :func:`backward_micro_batches` needs. Make the outputs leaves
+    (``requires_grad_()``), compute the loss on them and backpropagate it; their ``.grad`` is
+    what phase 2 pushes into the parameters. :func:`cached_backward` is these three steps in
+    one call; use the two phases when the loss's backward runs elsewhere (docs/caching.md,
+    "The two phases"). The RNG is left as after a plain forward of the micro-batches.
+
+    Args:
+        forward: maps one micro-batch (of the same kind as ``inputs``; a mapping becomes a
+            ``dict``, built afresh for every call) to ``features`` or ``(logits, features)``,
+            as in :func:`cached_backward`; it runs again in phase 2 and must be deterministic
+            given the RNG state.
+        inputs: as in :func:`cached_backward`: tensors split along dim 0, other values passed
+            unchanged. They must not change before phase 2, which slices them again.
+        micro_batch_size: rows per micro-batch, an int ≥ 1.
+
+    Returns:
+        ``(outputs, micro_batches)``: ``outputs`` is what ``forward`` returns (``features``
+        or ``(logits, features)``) for the whole batch, without a graph.
+
+    Shape:
+        - inputs: :math:`(N, *)` per tensor
+        - outputs: :math:`(N, D)` or :math:`(N, V, D)` features, and :math:`(N, C)` logits
+
+    Example:
+        >>> import torch
+        >>> from scl_loss import SupConLoss
+        >>> from scl_loss.cached import backward_micro_batches, encode_micro_batches
+        >>> encoder = torch.nn.Linear(32, 16)
+        >>> inputs, labels = torch.randn(10, 32), torch.randint(0, 3, (10,))
+        >>> features, micro_batches = encode_micro_batches(encoder, inputs, micro_batch_size=4)
+        >>> features.shape, features.requires_grad, micro_batches
+        (torch.Size([10, 16]), False, MicroBatches(rows=10, micro_batches=3, outputs=features))
+        >>> SupConLoss()(features.requires_grad_(), labels).backward()  # ∂L/∂features
+        >>> backward_micro_batches(micro_batches, features.grad)  # 4 + 4 + 2 rows, with a graph
+        >>> encoder.weight.grad.shape
+        torch.Size([16, 32])
+    """
+    if not callable(forward):
+        raise TypeError(f"forward must be a callable, got {type(forward).__name__}")
+    _check_micro_batch_size(micro_batch_size)
+    n, tensors = _rows(inputs)
+    (logits, features), micro_batches = _encode(forward, inputs, n, tensors, micro_batch_size)
+    return (features if logits is None else (logits, features)), micro_batches
+
+
+def backward_micro_batches(
+    micro_batches: MicroBatches,
+    grads: Tensor | tuple[Tensor | None, Tensor | None],
+    *,
+    no_sync: NoSync | None = None,
+) -> None:
+    r"""Phase 2 of gradient caching: re-encode each micro-batch with a graph, backpropagate its gradient.
+
+    For each micro-batch of ``micro_batches`` (from :func:`encode_micro_batches`), in order:
+    restore the RNG state its phase-1 pass started from (the same dropout masks), run
+    ``forward`` again with a graph, and backpropagate its rows of ``grads``, so that the
+    parameters' ``.grad`` receives ``Σ_j (∂z_j/∂θ)ᵀ g_j``: the parameter gradient of the loss
+    whose output gradient ``grads`` is (docs/caching.md). Grad mode is on inside, whatever the
+    caller's (a backward hook runs without it). The RNG is restored afterwards to where it was
+    when this was called.
+
+    Args:
+        micro_batches: what :func:`encode_micro_batches` returned with the outputs.
+        grads: the gradient of the loss with respect to those outputs: a tensor for
+            ``features``, or a ``(logits, features)`` pair whose entries may be ``None``
+            where the loss does not use that output (not both).
+        no_sync: under DDP, the wrapped model's ``no_sync``: every micro-batch but the last
+            runs inside it, so the gradients are all-reduced once. ``None``: no context.
+
+    Shape:
+        - grads: the outputs' shapes, :math:`(N, D)` or :math:`(N, V, D)` and :math:`(N, C)`
+
+    Example:
+        >>> import torch
+        >>> from scl_loss import SCLCrossEntropy
+        >>> from scl_loss.cached import backward_micro_batches, encode_micro_batches
+        >>> encoder, head = torch.nn.Linear(32, 16), torch.nn.Linear(16, 2)
+        >>> def forward(x):
+        ...     phi = encoder(x)
+        ...     return head(phi), phi
+        >>> inputs, labels = torch.randn(10, 32), torch.randint(0, 2, (10,))
+        >>> (logits, features), micro_batches = encode_micro_batches(forward, inputs, micro_batch_size=4)
+        >>> SCLCrossEntropy(0.9, 0.3)(logits.requires_grad_(), features.requires_grad_(), labels).backward()
+        >>> backward_micro_batches(micro_batches, (logits.grad, features.grad))
+        >>> head.weight.grad.shape, encoder.weight.grad.shape
+        (torch.Size([2, 16]), torch.Size([16, 32]))
+    """
+    if not isinstance(micro_batches, MicroBatches):
+        raise TypeError(
+            "micro_batches must be the MicroBatches that encode_micro_batches returned, "
+            f"got {type(micro_batches).__name__}"
+        )
+    if no_sync is not None and not callable(no_sync):
+        raise TypeError(f"no_sync must be a callable or None, got {type(no_sync).__name__}")
+    _backward(micro_batches, _check_grads(grads, micro_batches.shapes), no_sync)
+
+
+def _encode(
+    forward: Forward, inputs: Inputs, n: int, tensors: list[Tensor], micro_batch_size: int
+) -> tuple[Outputs, MicroBatches]:
+    """Phase 1 on checked arguments: the concatenated outputs (no graph) and the record for phase 2."""
+    # An empty batch still runs once: under DDP every rank must take part in the backward.
+    bounds = tuple(
+        (start, min(start + micro_batch_size, n)) for start in range(0, max(n, 1), micro_batch_size)
+    )
+    devices = _cuda_devices(tensors)
+    states: list[_RngState] = []
+    firsts: list[Outputs] = []
+    with torch.no_grad():
+        for index, (start, stop) in enumerate(bounds):
+            states.append(_get_rng(devices))
+            firsts.append(_check_outputs(forward(_slice(inputs, start, stop)), index, stop - start))
+    if len({out[0] is None for out in firsts}) > 1:
+        raise TypeError("forward must return features, or (logits, features), alike for every micro-batch")
+    outputs = (_concat([out[0] for out in firsts]), torch.cat([out[1] for out in firsts]))
+    record = MicroBatches(
+        forward=forward,
+        inputs=inputs,
+        bounds=bounds,
+        rng_states=tuple(states),
+        devices=tuple(devices),
+        signatures=tuple(_signature(out) for out in firsts),
+        shapes=(None if outputs[0] is None else outputs[0].shape, outputs[1].shape),
+    )
+    return outputs, record
+
+
+def _backward(micro_batches: MicroBatches, grads: Grads, no_sync: NoSync | None) -> None:
+    """Phase 2 on checked arguments."""
+    forward, inputs, devices = micro_batches.forward, micro_batches.inputs, micro_batches.devices
+    count = len(micro_batches.bounds)
+    after = _get_rng(devices)
+    try:
+        with torch.enable_grad():
+            for index, (start, stop) in enumerate(micro_batches.bounds):
+                _set_rng(micro_batches.rng_states[index], devices)
+                with _sync_context(no_sync, index, count):
+                    # Sliced afresh: forward may have edited the containers phase 1 gave it.
+                    outs = _check_outputs(forward(_slice(inputs, start, stop)), index, stop - start)
+                    first = micro_batches.signatures[index]
+                    if _signature(outs) != first:
+                        raise RuntimeError(
+                            f"forward returned {_signature(outs)} for micro-batch {index} on its second run "
+                            f"but {first} on its first: it must be deterministic given the RNG state"
+                        )
+                    _backward_slice(outs, grads, start, stop)
+    finally:
+        _set_rng(after, devices)
+
+
+def _check_grads(grads: object, shapes: tuple[torch.Size | None, torch.Size]) -> Grads:
+    """``grads`` as ``(logits' or None, features' or None)``, matching the phase-1 outputs."""
+    with_logits = shapes[0] is not None
+    expected = "a (logits, features) pair of tensors or None" if with_logits else "a features tensor"
+    if with_logits and isinstance(grads, (tuple, list)) and len(grads) == 2:
+        pair: Grads = (grads[0], grads[1])
+    elif not with_logits and isinstance(grads, Tensor):
+        pair = (None, grads)
+    else:
+        raise TypeError(
+            f"grads must be {expected}, as encode_micro_batches' outputs, got {type(grads).__name__}"
+        )
+    for name, grad, shape in zip(("logits", "features"), pair, shapes, strict=True):
+        if grad is None:
+            continue
+        if not isinstance(grad, Tensor):
+            raise TypeError(f"grads must be {expected}, got {type(grad).__name__} for the {name}")
+        if grad.shape != shape:
+            raise ValueError(
+                f"grads must have the shape of the {name}, {tuple(shape)}, got {tuple(grad.shape)}"
+            )
+    if pair[0] is None and pair[1] is None:
+        raise ValueError("grads must hold the gradient of the logits, of the features or of both, got none")
+    return pair
+
+
 def _concat(parts: list[Tensor | None]) -> Tensor | None:
-    """The micro-batches' outputs as one leaf that collects the loss's gradient."""
+    """The micro-batches' logits as one tensor (``None`` when ``forward`` returns features only)."""
     if parts[0] is None:
         return None
-    return torch.cat([p for p in parts if p is not None]).requires_grad_()
+    return torch.cat([p for p in parts if p is not None])
 
 
-def _backward_slice(outs: Outputs, grads: list[Tensor | None], start: int, stop: int) -> None:
+def _backward_slice(outs: Outputs, grads: Grads, start: int, stop: int) -> None:
     tensors, slices = [], []
     for out, grad in zip(outs, grads, strict=True):
         if out is not None and grad is not None:  # no gradient: the loss does not use this output
@@ -197,10 +392,7 @@ def _check_arguments(
         if not callable(value) and (required or value is not None):
             expected = "a callable" if required else "a callable or None"
             raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
-    if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, numbers.Integral):
-        raise TypeError(f"micro_batch_size must be an int >= 1, got {type(micro_batch_size).__name__}")
-    if micro_batch_size < 1:
-        raise ValueError(f"micro_batch_size must be an int >= 1, got {micro_batch_size}")
+    _check_micro_batch_size(micro_batch_size)
     if not torch.is_grad_enabled():
         raise RuntimeError("cached_backward computes gradients: it cannot run under torch.no_grad()")
     n, tensors = _rows(inputs)
@@ -212,6 +404,13 @@ def _check_arguments(
                 f"labels must have shape [N] = [{n}] to match the inputs' rows, got {tuple(labels.shape)}"
             )
     return n, tensors
+
+
+def _check_micro_batch_size(micro_batch_size: object) -> None:
+    if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, numbers.Integral):
+        raise TypeError(f"micro_batch_size must be an int >= 1, got {type(micro_batch_size).__name__}")
+    if micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size must be an int >= 1, got {micro_batch_size}")
 
 
 class _RngState(NamedTuple):
@@ -237,9 +436,7 @@ def _set_rng(state: _RngState, devices: list[int]) -> None:
         torch.cuda.set_rng_state(cuda_state, device)
 
 
-def _sync_context(
-    no_sync: Callable[[], contextlib.AbstractContextManager[Any]] | None, index: int, count: int
-) -> contextlib.AbstractContextManager[Any]:
+def _sync_context(no_sync: NoSync | None, index: int, count: int) -> contextlib.AbstractContextManager[Any]:
     # The last micro-batch's backward is the one DDP may all-reduce.
     return no_sync() if no_sync is not None and index < count - 1 else contextlib.nullcontext()
 

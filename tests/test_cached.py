@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from scl_loss import MemoryQueue, SCLComponents, SCLCrossEntropy, SupConLoss, cached_backward
+from scl_loss.cached import MicroBatches, backward_micro_batches, encode_micro_batches
 from tests._multiprocess import run_on_ranks
 
 IN_DIM, HIDDEN, DIM, CLASSES = 6, 12, 5, 3
@@ -313,6 +314,151 @@ def test_empty_batch_runs_one_empty_micro_batch():
     )
     assert calls == [0, 0]
     assert loss.item() == 0.0
+
+
+def test_forward_that_edits_its_input_dict_replays_what_it_first_saw():
+    """sentence-transformers modules write their outputs into the features dict they are given: the
+    replay gets the micro-batch sliced afresh, not the container the first pass edited."""
+    model = make_net(p=0.3)
+    x, labels = make_batch(7, 2)
+
+    def forward(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        out = model(batch["x"])
+        batch["x"] = batch["x"] + 1.0  # same shape: reusing the edited dict would go unnoticed
+        return out
+
+    compare(model, {"x": x}, labels, "scl_ce", 3, forward=forward)
+
+
+# --- the two phases on their own: encode_micro_batches, then backward_micro_batches -------------
+
+
+def two_phase_step(forward, inputs, labels, criterion, micro_batch_size, with_logits):
+    """cached_backward spelled out with the phases, the loss computed and backpropagated by the caller."""
+    outputs, micro_batches = encode_micro_batches(forward, inputs, micro_batch_size=micro_batch_size)
+    leaves = outputs if with_logits else (outputs,)
+    assert not any(leaf.requires_grad for leaf in leaves), "phase 1 must not build a graph"
+    for leaf in leaves:
+        leaf.requires_grad_()
+    result = criterion(*leaves, labels)
+    (result.loss if isinstance(result, SCLComponents) else result).backward()
+    grads = tuple(leaf.grad for leaf in leaves) if with_logits else leaves[0].grad
+    backward_micro_batches(micro_batches, grads)
+    return result
+
+
+@settings(max_examples=15)
+@given(
+    n=st.integers(1, 13),
+    micro_batch_size=st.integers(1, 14),
+    kind=st.sampled_from(["scl_ce", "components", "supcon"]),
+    views=st.sampled_from([1, 2]),
+    seed=st.integers(0, 2**16),
+)
+def test_two_phases_match_graph_of_the_same_micro_batches(n, micro_batch_size, kind, views, seed):
+    model = make_net(p=0.3, views=views, seed=seed)
+    x, labels = make_batch(n, seed + 1)
+    criterion, with_logits = criterion_for(kind)
+    forward = model if with_logits else (lambda b: model(b)[1])
+    torch.manual_seed(seed)
+    expected = graph_step(forward, x, labels, criterion, micro_batch_size)
+    rng_reference = torch.get_rng_state()
+    grads_reference = take_grads(model)
+    torch.manual_seed(seed)
+    result = two_phase_step(forward, x, labels, criterion, micro_batch_size, with_logits)
+    assert torch.equal(torch.get_rng_state(), rng_reference)
+    assert_grads_equal(take_grads(model), grads_reference)
+    values = zip(result, expected, strict=True) if kind == "components" else [(result, expected)]
+    for got, want in values:
+        torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_phase_two_in_the_backward_hook_of_the_outputs():
+    """The sentence-transformers use: the caller's (scaled) loss.backward() reaches the features leaf,
+    whose hook runs phase 2 without grad mode; the RNG is restored to where the hook found it."""
+    model = make_net(p=0.3, views=2)
+    x, labels = make_batch(9, 4)
+    criterion = SupConLoss(temperature=0.2)
+    forward = lambda b: model(b)[1]  # noqa: E731
+    torch.manual_seed(3)
+    expected = graph_step(forward, x, labels, criterion, 4)
+    rng_after_forward = torch.get_rng_state()
+    reference = take_grads(model)
+    torch.manual_seed(3)
+    features, micro_batches = encode_micro_batches(forward, x, micro_batch_size=4)
+    assert torch.equal(torch.get_rng_state(), rng_after_forward)
+    loss = criterion(features.requires_grad_(), labels)
+    grad_mode_in_hook = []
+
+    def hook(grad: torch.Tensor) -> None:
+        grad_mode_in_hook.append(torch.is_grad_enabled())
+        backward_micro_batches(micro_batches, grad)
+
+    features.register_hook(hook)
+    torch.manual_seed(99)
+    rng_before_backward = torch.get_rng_state()
+    (0.25 * loss).backward()
+    assert grad_mode_in_hook == [False]
+    assert torch.equal(torch.get_rng_state(), rng_before_backward)
+    torch.testing.assert_close(loss.detach(), expected.detach(), rtol=1e-12, atol=1e-12)
+    scaled = {k: None if v is None else 0.25 * v for k, v in reference.items()}  # the head has none
+    assert_grads_equal(take_grads(model), scaled)
+
+
+def test_phase_two_with_the_logits_unused():
+    """``(None, features' gradient)``: the loss does not use the logits, the head gets no gradient."""
+    model = make_net(p=0.0)
+    x, labels = make_batch(8, 5)
+    (_, features), micro_batches = encode_micro_batches(model, x, micro_batch_size=3)
+    SupConLoss(0.3)(features.requires_grad_(), labels).backward()
+    backward_micro_batches(micro_batches, (None, features.grad))
+    got = take_grads(model)
+    assert got["head.weight"] is None
+    SupConLoss(0.3)(model(x)[1], labels).backward()
+    assert_grads_equal(got, take_grads(model))
+    assert repr(micro_batches) == "MicroBatches(rows=8, micro_batches=3, outputs=(logits, features))"
+
+
+def _phases(model: nn.Module, with_logits: bool = False) -> tuple[Any, MicroBatches]:
+    forward = model if with_logits else (lambda b: model(b)[1])
+    return encode_micro_batches(forward, torch.zeros(6, IN_DIM, dtype=torch.float64), micro_batch_size=4)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda m: encode_micro_batches("model", torch.zeros(6, IN_DIM), micro_batch_size=4), TypeError,
+         "forward must be a callable, got str"),
+        (lambda m: encode_micro_batches(m, torch.zeros(6, IN_DIM), micro_batch_size=0), ValueError,
+         "micro_batch_size must be an int >= 1, got 0"),
+        (lambda m: encode_micro_batches(m, torch.zeros(6, IN_DIM), micro_batch_size=2.0), TypeError,
+         "micro_batch_size must be an int >= 1, got float"),
+        (lambda m: encode_micro_batches(m, "text", micro_batch_size=4), TypeError,
+         "inputs must be a Tensor or a dict, tuple or list of tensors, got str"),
+        (lambda m: encode_micro_batches(lambda b: {"z": m(b)}, torch.zeros(6, IN_DIM, dtype=torch.float64),
+         micro_batch_size=4), TypeError, "forward must return features .* got dict"),
+        (lambda m: backward_micro_batches((None, None), torch.zeros(6, DIM)), TypeError,
+         "micro_batches must be the MicroBatches that encode_micro_batches returned, got tuple"),
+        (lambda m: backward_micro_batches(_phases(m)[1], torch.zeros(6, DIM), no_sync=True), TypeError,
+         "no_sync must be a callable or None, got bool"),
+        (lambda m: backward_micro_batches(_phases(m)[1], (None, torch.zeros(6, DIM))), TypeError,
+         "grads must be a features tensor, as encode_micro_batches' outputs, got tuple"),
+        (lambda m: backward_micro_batches(_phases(m, True)[1], torch.zeros(6, DIM)), TypeError,
+         r"grads must be a \(logits, features\) pair of tensors or None, .* got Tensor"),
+        (lambda m: backward_micro_batches(_phases(m, True)[1], (torch.zeros(6, CLASSES), [0.0])), TypeError,
+         "got list for the features"),
+        (lambda m: backward_micro_batches(_phases(m)[1], torch.zeros(5, DIM)), ValueError,
+         r"grads must have the shape of the features, \(6, 5\), got \(5, 5\)"),
+        (lambda m: backward_micro_batches(_phases(m, True)[1], (torch.zeros(6, 2), None)), ValueError,
+         r"grads must have the shape of the logits, \(6, 3\), got \(6, 2\)"),
+        (lambda m: backward_micro_batches(_phases(m, True)[1], (None, None)), ValueError,
+         "grads must hold the gradient of the logits, of the features or of both, got none"),
+    ],
+)  # fmt: skip
+def test_phases_bad_arguments_name_the_argument(call, error, match):
+    model = _ok_model()
+    with pytest.raises(error, match=match):
+        call(model)
 
 
 # --- GradScaler and autocast --------------------------------------------------------------------

@@ -9,8 +9,8 @@ least two labels with at least two examples each, so every anchor has a positive
 
 :class:`CachedSupConLoss` is the same loss with the batch decoupled from memory: the encoder only
 ever holds ``mini_batch_size`` examples' activations, and the gradient is still the whole batch's
-(exact gradient caching, :func:`scl_loss.cached_backward`), as ``CachedMultipleNegativesRankingLoss``
-does for in-batch negatives.
+(exact gradient caching, the two phases of :mod:`scl_loss.cached`), as
+``CachedMultipleNegativesRankingLoss`` does for in-batch negatives.
 
 Several text columns are views of one example: ``(anchor, positive, label)`` gives features
 ``[N, 2, D]`` whose two views share the row's label. Without a label column, two or more columns
@@ -22,7 +22,7 @@ docs/sentence-transformers.md has the recipe, SetFit included.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from scl_loss import _validation as v
-from scl_loss.cached import _cuda_devices, _get_rng, _RngState, _rows, _set_rng, _slice, cached_backward
+from scl_loss.cached import MicroBatches, backward_micro_batches, encode_micro_batches
 from scl_loss.functional import supcon_loss
 
 __all__ = ["CachedSupConLoss", "SupConLoss"]
@@ -139,7 +139,7 @@ class SupConLoss(nn.Module):
             kind = type(gather_across_devices).__name__
             raise TypeError(f"gather_across_devices must be a bool, got {kind}")
         self.model = model
-        self.temperature = v.check_positive_finite("temperature", temperature)
+        self.temperature = v.check_temperature("temperature", temperature)
         self.gather_across_devices = gather_across_devices
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> Tensor:
@@ -173,14 +173,17 @@ class CachedSupConLoss(SupConLoss):
     r""":class:`SupConLoss` on batches of any size, the encoder holding ``mini_batch_size`` rows at a time.
 
     The loss and its gradient are :class:`SupConLoss`'s on the whole batch, computed by exact
-    gradient caching (Gao et al. 2021; :func:`scl_loss.cached_backward`, docs/caching.md):
+    gradient caching (Gao et al. 2021; :func:`scl_loss.cached.encode_micro_batches` and
+    :func:`scl_loss.cached.backward_micro_batches`, docs/caching.md):
 
     1. ``forward`` embeds the batch ``mini_batch_size`` rows at a time without a graph, keeping
-       each mini-batch's RNG state, and returns the loss of those embeddings;
+       each mini-batch's RNG state, and returns the loss of those embeddings, whose graph
+       reaches the embeddings but not the encoder;
     2. the returned loss's backward (the Trainer's ``loss.backward()``, scaled as the Trainer
-       scales it: gradient accumulation, fp16 loss scaling) backpropagates the loss to the
-       embeddings, then re-embeds each mini-batch with a graph from its saved RNG state (same
-       dropout masks) and pushes its slice of the embedding gradient into the parameters.
+       scales it: gradient accumulation, fp16 loss scaling) reaches the embeddings, whose hook
+       re-embeds each mini-batch with a graph from its saved RNG state (same dropout masks,
+       under the autocast of step 1) and pushes its slice of the embedding gradient into the
+       parameters.
 
     So the batch that is contrasted is ``per_device_train_batch_size``, and peak activation
     memory is that of ``mini_batch_size`` examples, at the price of one extra forward without a
@@ -227,68 +230,32 @@ class CachedSupConLoss(SupConLoss):
         columns = list(sentence_features)
         if not columns:
             raise ValueError("sentence_features must hold at least one input column, got none")
-        n, tensors = _rows(columns)
-        devices = _cuda_devices(tensors)
-        # The same mini-batches as cached_backward's.
-        m = self.mini_batch_size
-        bounds = [(start, min(start + m, n)) for start in range(0, max(n, 1), m)]
-        states: list[_RngState] = []
-        embeddings: list[Tensor] = []
-        with torch.no_grad():
-            for start, stop in bounds:
-                states.append(_get_rng(devices))
-                # Copies: modules may edit their inputs in place, the replay must see them unedited.
-                embeddings.append(self.embed(_clone(_slice(columns, start, stop))))
-            value = self.criterion(torch.cat(embeddings), labels)
+        # The Trainer's autocast covers this forward, not the backward that re-embeds: enter it in both.
+        encode = functools.partial(self._embed_copies, _autocast_now(columns))
+        features, micro_batches = encode_micro_batches(encode, columns, micro_batch_size=self.mini_batch_size)
         if not torch.is_grad_enabled():  # evaluation: nothing to backpropagate
-            return value
-        # The Trainer's autocast covers this forward, not the backward that re-embeds: replay it there.
-        device_type = tensors[0].device.type
-        autocast = torch.autocast(
-            device_type,
-            dtype=torch.get_autocast_dtype(device_type),
-            enabled=torch.is_autocast_enabled(device_type),
-        )
-        loss = value.detach().requires_grad_()
-        replay = functools.partial(self._replay, columns, labels, embeddings, states, devices, autocast)
-        loss.register_hook(replay)
+            return self.criterion(features, labels)
+        features.requires_grad_()
+        loss = self.criterion(features, labels)
+        features.register_hook(functools.partial(self._backward_hook, micro_batches))
         return loss
 
     def embed(self, columns: list[dict[str, Tensor]]) -> Tensor:
         """One mini-batch's embeddings, ``[n, D]`` or views ``[n, V, D]``."""
         return stack_views([self.model(column)["sentence_embedding"] for column in columns])
 
-    def _replay(
-        self,
-        columns: list[dict[str, Tensor]],
-        labels: Tensor | None,
-        embeddings: list[Tensor],
-        states: list[_RngState],
-        devices: list[int],
-        autocast: torch.autocast,
-        grad_output: Tensor,
-    ) -> None:
-        """The returned loss's backward hook: cached_backward, fed forward's embeddings for its first pass."""
-        firsts, replays = iter(embeddings), iter(states)
+    def _embed_copies(
+        self, autocast: Callable[[], torch.autocast], columns: list[dict[str, Tensor]]
+    ) -> Tensor:
+        # Copies: modules may edit their inputs in place, and the backward embeds the same rows again.
+        with autocast():
+            return self.embed(_clone(columns))
 
-        def embed_again(batch: list[dict[str, Tensor]]) -> Tensor:
-            if not torch.is_grad_enabled():  # cached_backward's pass without a graph: done in forward
-                return next(firsts)
-            _set_rng(next(replays), devices)  # cached_backward restores the RNG when it is done
-            with autocast:
-                return self.embed(batch)
-
+    def _backward_hook(self, micro_batches: MicroBatches, grad: Tensor) -> None:
+        """The embeddings' hook: their gradient (the Trainer's scaling included) into the parameters."""
         model = self.model
-        with torch.enable_grad():
-            cached_backward(
-                embed_again,
-                columns,
-                labels,
-                self.criterion,
-                micro_batch_size=self.mini_batch_size,
-                backward=lambda loss: loss.backward(grad_output),
-                no_sync=model.no_sync if isinstance(model, DistributedDataParallel) else None,
-            )
+        no_sync = model.no_sync if isinstance(model, DistributedDataParallel) else None
+        backward_micro_batches(micro_batches, grad, no_sync=no_sync)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {**super().get_config_dict(), "mini_batch_size": self.mini_batch_size}
@@ -296,6 +263,18 @@ class CachedSupConLoss(SupConLoss):
     @property
     def citation(self) -> str:
         return CITATION + GRADCACHE_CITATION
+
+
+def _autocast_now(columns: list[Any]) -> Callable[[], torch.autocast]:
+    """A context that re-enters the autocast now in force on the inputs' device (off if none is)."""
+    tensors = [t for c in columns if isinstance(c, Mapping) for t in c.values() if isinstance(t, Tensor)]
+    device_type = tensors[0].device.type if tensors else "cpu"
+    return functools.partial(
+        torch.autocast,
+        device_type,
+        dtype=torch.get_autocast_dtype(device_type),
+        enabled=torch.is_autocast_enabled(device_type),
+    )
 
 
 def _clone(columns: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -91,7 +91,7 @@ class SupConLoss(st.SupConLoss):
         if contrast_mode not in CONTRAST_MODES:
             raise ValueError(f"contrast_mode must be one of {CONTRAST_MODES}, got {contrast_mode!r}")
         self.contrast_mode = contrast_mode
-        self.base_temperature = v.check_positive_finite("base_temperature", base_temperature)
+        self.base_temperature = v.check_temperature("base_temperature", base_temperature)
 
     def compute_loss_from_embeddings(self, embeddings: Sequence[Tensor], labels: Tensor | None) -> Tensor:
         if self.contrast_mode == "one" and len(embeddings) > 1:
