@@ -1,9 +1,4 @@
-"""Every option of ``scl-glue``, declared once, as dataclasses for ``transformers.HfArgumentParser``.
-
-Optimisation, evaluation, mixed precision and multi-GPU options are ``TrainingArguments``
-fields (``--learning_rate``, ``--per_device_train_batch_size``, ``--num_train_epochs``,
-``--bf16``, ...); :class:`GlueTrainingArguments` only changes the defaults the paper fixes.
-"""
+"""Every option of ``scl-glue``, declared once, as dataclasses for ``transformers.HfArgumentParser``."""
 
 from __future__ import annotations
 
@@ -23,6 +18,7 @@ __all__ = [
     "MergeArguments",
     "ModelArguments",
     "ReportArguments",
+    "RunArguments",
     "SampleArguments",
     "SplitArguments",
 ]
@@ -42,11 +38,6 @@ def required(help: str) -> Any:
 def _check(name: str, ok: bool, value: object, expected: str) -> None:
     if not ok:
         raise ValueError(f"{name} must be {expected}, got {value!r}")
-
-
-def _check_tasks(name: str, tasks: list[str]) -> None:
-    for task in tasks:
-        _check(name, task.lower().replace("-", "") in TASKS, task, f"tasks among {', '.join(TASKS)}")
 
 
 @dataclass
@@ -90,9 +81,6 @@ class SplitArguments:
     task: str = required("task name")
     out: str = required("JSON file to write")
 
-    def __post_init__(self) -> None:
-        _check_tasks("task", [self.task])
-
 
 @dataclass
 class GridArguments:
@@ -109,7 +97,8 @@ class GridArguments:
 
     def __post_init__(self) -> None:
         _check("tasks", bool(self.tasks), self.tasks, 'one or more task names (or "tasks" in --config)')
-        _check_tasks("tasks", self.tasks)
+        for task in self.tasks:  # before any data is read
+            _check("tasks", task.lower().replace("-", "") in TASKS, task, f"tasks among {', '.join(TASKS)}")
         _check("seeds", self.seeds >= 1, self.seeds, ">= 1")
         _check("ce", self.ce or not self.ce_only, self.ce, "True with ce_only")
 
@@ -130,7 +119,6 @@ class ModelArguments:
     def __post_init__(self) -> None:
         _check("max_length", self.max_length >= 8, self.max_length, ">= 8")
         _check("dropout", 0 <= self.dropout < 1, self.dropout, "in [0, 1)")
-        _check("scl_reduction", self.scl_reduction in ("mean", "sum"), self.scl_reduction, "'mean' or 'sum'")
         _check("patience", self.patience >= 0, self.patience, ">= 0")
         mbs = self.micro_batch_size
         _check("micro_batch_size", mbs is None or mbs >= 1, mbs, ">= 1")
@@ -191,6 +179,18 @@ class GlueTrainingArguments(TrainingArguments):
 
 
 @dataclass
+class RunArguments:
+    """Everything ``run`` is given: its option dataclasses, in the order the command parses them."""
+
+    grid: GridArguments
+    sample: SampleArguments
+    data: DataArguments
+    model: ModelArguments
+    execution: ExecutionArguments
+    training: GlueTrainingArguments
+
+
+@dataclass
 class ReportArguments:
     """``report``: journal(s) → the paper's tables (Markdown, CSV) and tSNE figures."""
 
@@ -220,6 +220,3 @@ class AugmentArguments:
     de_en: str = opt("Helsinki-NLP/opus-mt-de-en", "local folder or cached hub name")
     device: str = opt("cpu", "device of the translation models")
     seed: int = opt(0, "sampling seed")
-
-    def __post_init__(self) -> None:
-        _check_tasks("task", [self.task])

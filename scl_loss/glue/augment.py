@@ -1,15 +1,5 @@
-"""Noisy paraphrases by back-translation (paper §5.2, Table 5): en → de → en with sampling.
-
-Both directions sample at temperature ``T`` (the paper's T ∈ {0.3, 0.5, 0.7, 0.9}: the higher,
-the noisier). Translation models are loaded from local folders or the local Hugging Face cache
-(e.g. MarianMT ``Helsinki-NLP/opus-mt-en-de`` / ``opus-mt-de-en``); nothing is downloaded when
-``HF_HUB_OFFLINE=1``.
-
-Output: JSON lines ``{"row", "copy", "temperature", "text_a"[, "text_b"]}``, one per paraphrase,
-where ``row`` is the training-file row it paraphrases. ``run --augment FILE`` adds the
-paraphrases of the rows of each training sample (1:3 with ``copies=3``). Ready-made augmented
-sets in the same format are accepted as they are.
-"""
+"""Noisy paraphrases by back-translation (paper §5.2, Table 5): en → de → en, both directions
+sampled at temperature T; the file format is in docs/glue.md ("augment")."""
 
 from __future__ import annotations
 

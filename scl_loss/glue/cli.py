@@ -1,8 +1,4 @@
-"""``scl-glue`` / ``python -m scl_loss.glue``: split, run, report, merge, augment.
-
-Each command's options are the dataclasses of ``arguments.py`` (``scl-glue COMMAND --help``);
-see ``docs/glue.md`` for the protocol and the commands that produce the paper's tables.
-"""
+"""``scl-glue`` / ``python -m scl_loss.glue``: split, run, report, merge, augment (docs/glue.md)."""
 
 from __future__ import annotations
 
@@ -13,19 +9,16 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from transformers import HfArgumentParser
 
 from scl_loss.glue.arguments import (
     AugmentArguments,
     DataArguments,
-    ExecutionArguments,
-    GlueTrainingArguments,
-    GridArguments,
     MergeArguments,
-    ModelArguments,
     ReportArguments,
+    RunArguments,
     SampleArguments,
     SplitArguments,
 )
@@ -79,7 +72,7 @@ def _run(*parsed: Any) -> int:
     import datasets
     from transformers.utils import logging as hf_logging
 
-    from scl_loss.glue.grid import RunArguments, expand_grid
+    from scl_loss.glue.grid import expand_grid
     from scl_loss.glue.runner import execute
 
     args = RunArguments(*parsed)
@@ -150,17 +143,9 @@ def _augment(args: AugmentArguments, data: DataArguments) -> int:
 
 
 # Each command: its option dataclasses (the first one's docstring is the command's summary) and handler.
-RUN = (
-    GridArguments,
-    SampleArguments,
-    DataArguments,
-    ModelArguments,
-    ExecutionArguments,
-    GlueTrainingArguments,
-)
 COMMANDS: dict[str, tuple[tuple[Any, ...], Callable[..., int]]] = {
     "split": ((SplitArguments, SampleArguments, DataArguments), _split),
-    "run": (RUN, _run),
+    "run": (tuple(get_type_hints(RunArguments).values()), _run),
     "report": ((ReportArguments,), _report),
     "merge": ((MergeArguments,), _merge),
     "augment": ((AugmentArguments, DataArguments), _augment),
@@ -183,7 +168,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:  # bad data or options: the message says what and where
         print(f"scl-glue {known.command}: error: {err}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

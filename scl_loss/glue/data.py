@@ -1,12 +1,5 @@
-"""Task data through ``datasets``: local files (TSV, CSV, JSON, JSON lines, ``LABEL TEXT`` lines) or the hub.
-
-Every task's data becomes a :class:`datasets.Dataset` with columns ``text_a`` (and ``text_b``
-for pair tasks) and ``label`` (a ``ClassLabel`` with the task's names), in file order: a row
-index is the 0-based position among the data rows (header excluded), the index split files use.
-Columns are found through the task table's aliases (``tasks.py``). GLUE TSVs contain unbalanced
-quotes, so they are read without CSV quoting. A malformed file raises :class:`DataFormatError`
-naming the file, the row and what was expected.
-"""
+"""Task data through ``datasets``, from local files or the hub: a ``Dataset`` with columns ``text_a``
+(``text_b``) and ``label`` in file order, whatever the file's layout (docs/glue.md, "Data")."""
 
 from __future__ import annotations
 
@@ -29,13 +22,8 @@ __all__ = ["DataFormatError", "TaskData", "load_task_data", "make_split", "read_
 TRAIN_FILES = ("train.tsv", "train.jsonl", "train.json", "train.csv")
 # Polarity sets have no validation file: their test set plays GLUE validation.
 EVAL_FILES = (
-    "dev.tsv",
-    "dev_matched.tsv",
-    "dev.jsonl",
-    "dev_matched.jsonl",
-    "dev.json",
-    "dev.csv",
-    "test.csv",
+    *("dev.tsv", "dev_matched.tsv", "dev.jsonl", "dev_matched.jsonl"),
+    *("dev.json", "dev.csv", "test.csv"),
 )
 
 
@@ -104,21 +92,14 @@ def _load(builder: str, path: Path, **options: Any) -> Dataset:
     # file's mtime, which a quick rewrite can leave unchanged.
     try:
         with tempfile.TemporaryDirectory() as cache:
-            load = datasets.load_dataset
-            return load(
-                builder, data_files=str(path), split="train", cache_dir=cache, keep_in_memory=True, **options
-            )
+            options.update(data_files=str(path), split="train", cache_dir=cache, keep_in_memory=True)
+            return datasets.load_dataset(builder, **options)
     except (datasets.exceptions.DatasetsError, ValueError) as err:  # pandas/pyarrow parse errors
         raise DataFormatError(path, "?", f"a readable {path.suffix} file", err.__cause__ or err) from err
 
 
 def read_file(path: str | Path, task: Task) -> Dataset:
-    """All examples of one file, in file order; the format follows the suffix.
-
-    ``.tsv``/``.csv``: a header naming the columns, or the task's header-less layout (CoLA, the
-    polarity CSVs); ``.jsonl``: JSON lines; ``.json``: a list of objects, or an object keyed by row
-    id; ``.txt``: ``LABEL TEXT`` lines.
-    """
+    """All examples of one file, in file order; the format follows the suffix."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".tsv", ".csv", ".json", ".jsonl", ".txt"):
@@ -142,7 +123,7 @@ def read_file(path: str | Path, task: Task) -> Dataset:
         raw = Dataset.from_dict({task.label[0]: [p[0] for p in pairs], task.text_a[0]: [p[2] for p in pairs]})
         return to_task_dataset(raw, task, path)
     tsv = suffix == ".tsv"
-    quoting = csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL
+    quoting = csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL  # GLUE TSVs contain unbalanced quotes
     with path.open(encoding="utf-8-sig", newline="") as handle:
         first = next(csv.reader(handle, delimiter="\t" if tsv else ",", quoting=quoting), None)
     if first is None:
@@ -195,10 +176,7 @@ def describe(args: DataArguments, task: Task) -> str:
 
 
 def find_task_files(args: DataArguments, task: Task) -> tuple[Path | None, Path]:
-    """The training file (``None`` if absent) and the GLUE validation file of a task folder.
-
-    Explicit ``train_file``/``eval_file`` win (relative names are looked up in the folder).
-    """
+    """The training file (``None`` if absent) and the GLUE validation file of a task folder."""
     folder = Path(args.data_dir) if args.data_dir else Path(args.data_root or ".") / task.folder
     if not folder.is_dir():
         raise FileNotFoundError(f"data_dir must be a folder, got {str(folder)!r}")
@@ -225,13 +203,8 @@ def load_task_data(task: Task, args: DataArguments) -> TaskData:
         config = (task.hub_config,) if task.hub_config else ()
         train, dev = (datasets.load_dataset(name, *config, split=split) for split in task.hub_splits)
         train_name, eval_name = (f"{name}:{split}" for split in task.hub_splits)
-        return TaskData(
-            task,
-            to_task_dataset(train, task, train_name),
-            to_task_dataset(dev, task, eval_name),
-            train_name,
-            eval_name,
-        )
+        train, dev = to_task_dataset(train, task, train_name), to_task_dataset(dev, task, eval_name)
+        return TaskData(task, train, dev, train_name, eval_name)
     train_path, eval_path = find_task_files(args, task)
     train = read_file(train_path, task) if train_path else None
     train_name = train_path.name if train_path else "none"
@@ -239,8 +212,7 @@ def load_task_data(task: Task, args: DataArguments) -> TaskData:
 
 
 def make_split(data: TaskData, sample: SampleArguments, shots: int | None) -> ProtocolSplit:
-    """Test/validation rows and, few-shot, ``sample.samples`` training samples of ``shots`` rows
-    (or ``sample.per_class`` rows of every class)."""
+    """Test/validation rows and, few-shot, the training samples of ``shots`` (or per-class) rows."""
     split = protocol_split(data.eval["label"][:], sample.split_seed, sample.validation_size)
     if sample.regime == "full":
         return split
@@ -252,23 +224,15 @@ def make_split(data: TaskData, sample: SampleArguments, shots: int | None) -> Pr
     if sample.per_class is not None:
         drawn = per_class_samples(labels, sample.per_class, sample.samples, sample.split_seed)
     else:
-        assert shots is not None
         drawn = few_shot_samples(labels, shots, sample.samples, sample.split_seed)
     return ProtocolSplit(split.test, split.validation, drawn)
 
 
 def split_to_json(task: Task, seed: int, split: ProtocolSplit, data: TaskData) -> dict[str, Any]:
     """The audit record ``split`` writes and ``run --split`` reads."""
-    out: dict[str, Any] = {
-        "task": task.name,
-        "seed": seed,
-        "test": split.test,
-        "validation": split.validation,
-    }
-    if split.train_samples:
-        out["train_samples"] = split.train_samples
-    out["files"] = {"train": data.train_name, "eval": data.eval_name}
-    return out
+    record = {"task": task.name, "seed": seed, "test": split.test, "validation": split.validation}
+    samples = {"train_samples": split.train_samples} if split.train_samples else {}
+    return {**record, **samples, "files": {"train": data.train_name, "eval": data.eval_name}}
 
 
 def read_split(path: str | Path, task: Task) -> ProtocolSplit:

@@ -1,32 +1,21 @@
-"""The grid of runs: tasks × sizes × (CE + λ × τ) × samples or seeds, one JSON-able *spec* per run.
-
-A run's key is a hash of its spec, so re-running a command skips the runs already in the
-journal and a changed setting makes a new run. Nothing in a spec depends on where files lie:
-a local model is named by a hash of its files, data by folder and file names.
-"""
+"""The grid of runs: tasks × sizes × (CE + λ × τ) × samples or seeds, one JSON-able *spec* per run,
+keyed by its hash; nothing in a spec depends on where files lie (docs/glue.md, "Keys that travel")."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scl_loss.glue.arguments import (
-    DataArguments,
-    ExecutionArguments,
-    GlueTrainingArguments,
-    GridArguments,
-    ModelArguments,
-    SampleArguments,
-)
+from scl_loss.glue.arguments import RunArguments
 from scl_loss.glue.data import describe, load_augmented
 from scl_loss.glue.tasks import get_task
 
-__all__ = ["RUN_INFO", "RunArguments", "expand_grid", "model_id", "run_key"]
+__all__ = ["RUN_INFO", "expand_grid", "model_id", "run_key"]
 
 RUN_INFO = "scl_glue_run.json"  # written next to a saved model: the spec that produced it
 # TrainingArguments fields that change what a run computes; they are part of its key.
@@ -36,18 +25,6 @@ TRAINING_FIELDS = (
     *("per_device_train_batch_size", "gradient_accumulation_steps", "label_smoothing_factor"),
     *("bf16", "fp16", "eval_strategy", "eval_steps", "metric_for_best_model"),
 )
-
-
-@dataclass
-class RunArguments:
-    """Everything ``run`` was given, in the order ``HfArgumentParser`` fills it."""
-
-    grid: GridArguments
-    sample: SampleArguments
-    data: DataArguments
-    model: ModelArguments
-    execution: ExecutionArguments
-    training: GlueTrainingArguments
 
 
 def run_key(spec: dict[str, Any]) -> str:
@@ -67,16 +44,12 @@ def model_id(name_or_path: str) -> str:
     if not folder.is_dir():
         return name_or_path
     digest = hashlib.sha256()
-    for path in sorted(folder.iterdir()):
-        if (
-            path.is_file()
-            and path.suffix in (".json", ".safetensors", ".bin", ".txt", ".model")
-            and path.name != RUN_INFO
-        ):
-            digest.update(path.name.encode())
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 24), b""):
-                    digest.update(block)
+    files = [p for p in folder.iterdir() if p.is_file() and p.name != RUN_INFO]
+    for path in sorted(p for p in files if p.suffix in (".json", ".safetensors", ".bin", ".txt", ".model")):
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
     return f"sha256:{digest.hexdigest()[:16]}"
 
 
@@ -116,13 +89,11 @@ def expand_grid(args: RunArguments) -> list[dict[str, Any]]:
         losses += [("scl", lam, tau) for lam in grid.lambdas for tau in grid.taus]
     if not losses:
         raise ValueError("the grid has no loss: give lambdas and taus, or keep CE")
-    if sample.regime == "full":
-        sizes: list[tuple[int | None, int | None]] = [(None, None)]
-    elif sample.per_class is not None:
-        sizes = [(None, sample.per_class)]
+    full = sample.regime == "full"
+    if full or sample.per_class is not None:
+        sizes: list[tuple[int | None, int | None]] = [(None, None if full else sample.per_class)]
     else:
         sizes = [(n, None) for n in sample.shots]
-    repeats = grid.seeds if sample.regime == "full" else sample.samples
     common = {
         "regime": sample.regime,
         "model": model_id(args.model.model),
@@ -133,15 +104,10 @@ def expand_grid(args: RunArguments) -> list[dict[str, Any]]:
         "augment": augment_info(grid.augment),
         "settings": settings(args),
     }
+    tasks, repeats = map(get_task, grid.tasks), range(grid.seeds if full else sample.samples)
     specs = []
-    for name in grid.tasks:
-        task = get_task(name)
-        for shots, per_class in sizes:
-            for loss, lam, tau in losses:
-                for index in range(repeats):
-                    spec = {**common, "task": task.name, "data": describe(args.data, task)}
-                    spec.update(
-                        shots=shots, per_class=per_class, sample=index, seed=args.training.seed + index
-                    )
-                    specs.append({**spec, "loss": loss, "lambda": lam, "tau": tau})
+    for task, (shots, per_class), (loss, lam, tau), k in itertools.product(tasks, sizes, losses, repeats):
+        run = {"task": task.name, "data": describe(args.data, task), "shots": shots, "per_class": per_class}
+        run |= {"sample": k, "seed": args.training.seed + k, "loss": loss, "lambda": lam, "tau": tau}
+        specs.append({**common, **run})
     return specs

@@ -1,40 +1,29 @@
-"""The results journal: one JSON line per finished run, safe against crashes and concurrent writers.
-
-An append rewrites the journal into a temporary file next to it, fsyncs it and renames it over
-the old one (``os.replace`` is atomic), then fsyncs the folder: after a crash the journal is
-either the old or the new version, never a torn line. An advisory ``flock`` on ``FILE.lock``
-serialises writers, so several processes (shards, torchrun ranks) may share one journal.
-Journals from different machines are merged by concatenation: records are keyed by run.
-"""
+"""The results journal: one JSON line per finished run, safe against crashes (the old or the new
+journal, never a torn line) and concurrent writers (shards, torchrun ranks share one)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 __all__ = ["append_record", "finished_keys", "merge_journals", "read_journal"]
 
 
-class _Lock:
-    def __init__(self, path: Path) -> None:
-        self.path = path.with_name(path.name + ".lock")
-        self.fd = -1
-
-    def __enter__(self) -> _Lock:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        with contextlib.suppress(ImportError):  # pragma: no cover - no flock on Windows: single writer only
             import fcntl
 
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except ImportError:  # pragma: no cover - no flock on Windows: single writer only
-            pass
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)  # closing releases the flock
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -76,7 +65,7 @@ def append_record(path: str | Path, record: dict[str, Any]) -> bool:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(record, sort_keys=True, allow_nan=False) + "\n"
-    with _Lock(path):
+    with _locked(path):
         if record["key"] in finished_keys(path):
             return False
         old = path.read_bytes() if path.exists() else b""
@@ -87,8 +76,8 @@ def append_record(path: str | Path, record: dict[str, Any]) -> bool:
             handle.write(old + line.encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        os.replace(tmp, path)  # atomic
+        _fsync_dir(path.parent)  # the rename survives a power cut too
     return True
 
 

@@ -1,19 +1,5 @@
-"""Journal → the paper's tables (Markdown + CSV) and tSNE figures.
-
-Selection rules (paper §4, §5):
-
-- full data: per setting and loss, the (λ, τ) combination with the best *mean* validation
-  accuracy over seeds is chosen; the table shows the test accuracy of its best-of-seeds model
-  by validation accuracy;
-- few-shot (and noise, transfer): per combination, the 3 samples with the best validation
-  accuracy; the combination whose top 3 have the best mean validation accuracy is chosen; the
-  table shows mean ± std (sample std, ddof = 1) of those 3 test accuracies.
-
-A *combination* is (loss, λ, τ, training settings): runs with other epochs or learning rates in
-the same journal compete like other hyperparameters. A *setting* (a table row) is task, regime,
-size, augmentation, starting model, encoder, and data + split: runs with different test sets are
-never pooled.
-"""
+"""Journal → the paper's tables (Markdown + CSV) and tSNE figures, by the selection rules of the
+paper's §4–5 (docs/glue.md, "report")."""
 
 from __future__ import annotations
 
@@ -55,19 +41,22 @@ class Combination(NamedTuple):
 
 @dataclass
 class Selection:
-    """The chosen combination of one setting and loss family, and its reported numbers."""
+    """A combination of one setting and loss family, and its reported numbers."""
 
     setting: Setting
     loss: str
     lambda_: float | None
     tau: float | None
-    runs: int
-    val: float
+    runs: int  # of the combination
+    val: float  # the mean validation accuracy of the runs used
     test: float
-    test_std: float | None
-    extra: dict[str, float]
-    best_record: dict[str, Any]
-    used: list[dict[str, Any]]
+    test_std: float | None  # None: the test accuracy of the best-of-seeds model (full data)
+    extra: dict[str, float]  # test MCC and F1, like test
+    used: list[dict[str, Any]]  # the records, best validation accuracy first
+
+    @property
+    def best_record(self) -> dict[str, Any]:
+        return self.used[0]
 
 
 def setting_of(spec: dict[str, Any]) -> Setting:
@@ -90,63 +79,37 @@ def combination_of(spec: dict[str, Any]) -> Combination:
     )
 
 
-class _Candidate(NamedTuple):
-    val: float  # mean validation accuracy of the runs used
-    lambda_: float
-    tau: float
-    used: list[dict[str, Any]]
-    runs: int
+def _score(setting: Setting, combo: Combination, runs: list[dict[str, Any]]) -> Selection:
+    """Full data: every seed, test of the best one; few-shot: the top ``TOP_K`` samples, mean ± std."""
+    ranked = sorted(runs, key=lambda r: (-r["result"]["val_acc"], r["spec"]["sample"]))
+    full = setting.regime == "full"
+    used = ranked if full else ranked[:TOP_K]
+    results = [r["result"] for r in used]
+    if full:
+        test, std = results[0]["test_acc"], None
+        extra = {k: results[0][f"test_{k}"] for k in ("mcc", "f1")}
+    else:
+        tests = [r["test_acc"] for r in results]
+        test, std = statistics.fmean(tests), statistics.stdev(tests) if len(tests) > 1 else 0.0
+        extra = {k: statistics.fmean(r[f"test_{k}"] for r in results) for k in ("mcc", "f1")}
+    val = statistics.fmean(r["val_acc"] for r in results)
+    scl = combo.loss == "scl"
+    lam, tau = ((combo.lambda_ or 0.0), (combo.tau or 0.0)) if scl else (None, None)
+    return Selection(setting, combo.loss, lam, tau, len(runs), val, test, std, extra, used)
 
 
-def select(records: list[dict[str, Any]], top_k: int = TOP_K) -> list[Selection]:
-    """Apply the selection rules to every setting × loss family present."""
+def select(records: list[dict[str, Any]]) -> list[Selection]:
+    """The chosen combination of every setting × loss family present."""
     groups: dict[Setting, dict[Combination, list[dict[str, Any]]]] = {}
     for record in records:
         spec = record["spec"]
         groups.setdefault(setting_of(spec), {}).setdefault(combination_of(spec), []).append(record)
     out = []
     for setting, combos in sorted(groups.items(), key=lambda kv: str(tuple(kv[0]))):
-        full = setting.regime == "full"
         for family in ("ce", "scl"):
-            candidates = []
-            for combo, runs in combos.items():
-                if combo.loss != family:
-                    continue
-                ranked = sorted(runs, key=lambda r: (-r["result"]["val_acc"], r["spec"]["sample"]))
-                used = ranked if full else ranked[:top_k]
-                val = statistics.fmean(r["result"]["val_acc"] for r in used)
-                candidates.append(_Candidate(val, combo.lambda_ or 0.0, combo.tau or 0.0, used, len(runs)))
-            if not candidates:
-                continue
-            # the best validation score; ties go to the smaller λ, then the smaller τ
-            chosen = max(candidates, key=lambda c: (c.val, -c.lambda_, -c.tau))
-            best = chosen.used[0]
-            if full:
-                test, std = best["result"]["test_acc"], None
-                extra = {k: best["result"][f"test_{k}"] for k in ("mcc", "f1")}
-            else:
-                tests = [r["result"]["test_acc"] for r in chosen.used]
-                test = statistics.fmean(tests)
-                std = statistics.stdev(tests) if len(tests) > 1 else 0.0
-                extra = {
-                    k: statistics.fmean(r["result"][f"test_{k}"] for r in chosen.used) for k in ("mcc", "f1")
-                }
-            scl = family == "scl"
-            out.append(
-                Selection(
-                    setting=setting,
-                    loss=family,
-                    lambda_=chosen.lambda_ if scl else None,
-                    tau=chosen.tau if scl else None,
-                    runs=chosen.runs,
-                    val=chosen.val,
-                    test=test,
-                    test_std=std,
-                    extra=extra,
-                    best_record=best,
-                    used=chosen.used,
-                )
-            )
+            scored = [_score(setting, c, runs) for c, runs in combos.items() if c.loss == family]
+            if scored:  # the best validation score; ties go to the smaller λ, then the smaller τ
+                out.append(max(scored, key=lambda s: (s.val, -(s.lambda_ or 0.0), -(s.tau or 0.0))))
     return out
 
 
@@ -159,12 +122,6 @@ def _cell(sel: Selection | None) -> str:
         return "–"
     value = _pct(sel.test) if sel.test_std is None else f"{_pct(sel.test)} ± {_pct(sel.test_std)}"
     return value + (f" (λ={sel.lambda_:g}, τ={sel.tau:g})" if sel.loss == "scl" else "")
-
-
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _size(setting: Setting) -> str:
@@ -190,17 +147,16 @@ def build_tables(selections: list[Selection]) -> dict[str, Table]:
         extras = [(t, get_task(t).metric) for t in tasks if get_task(t).metric]
         header = ["Loss", *(get_task(t).display for t in tasks)]
         header += [f"{get_task(t).display} {str(m).upper()}" for t, m in extras]
+        first: dict[str, Setting] = {}  # a task's column shows its first setting
+        for st in full:
+            first.setdefault(st.task, st)
         rows = []
         for loss, name in (("ce", "CE"), ("scl", "CE+SCL")):
-
-            def chosen(task: str, loss: str = loss) -> Selection | None:
-                return next((by.get((st, loss)) for st in full if st.task == task), None)
-
-            row = [name, *(_cell(chosen(t)) for t in tasks)]
-            for t, m in extras:
-                sel = chosen(t)
-                row.append("–" if sel is None else _pct(sel.extra[str(m)]))
-            rows.append(row)
+            chosen = {t: by.get((first[t], loss)) for t in tasks}
+            row = [name, *(_cell(chosen[t]) for t in tasks)]
+            rows.append(
+                row + ["–" if chosen[t] is None else _pct(chosen[t].extra[str(m)]) for t, m in extras]
+            )
         title = "Table 2: full training data, test accuracy of the best-of-seeds model by validation accuracy"
         tables["table2"] = Table(title, header, rows)
 
@@ -236,8 +192,69 @@ def build_tables(selections: list[Selection]) -> dict[str, Table]:
     return tables
 
 
-def _csv_rows(selections: list[Selection]) -> list[dict[str, Any]]:
-    return [
+def tsne_figures(selections: list[Selection], folder: Path) -> list[Path]:
+    """One PNG per setting with embeddings for both losses: tSNE of test Φ, CE | CE+SCL."""
+    by: dict[Setting, dict[str, Selection]] = {}
+    for s in selections:
+        by.setdefault(s.setting, {})[s.loss] = s
+    written = []
+    for setting, pair in by.items():
+        paths = {loss: pair[loss].best_record.get("embeddings") for loss in ("ce", "scl") if loss in pair}
+        if len(paths) < 2 or not all(p and Path(p).is_file() for p in paths.values()):
+            continue
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import numpy as np
+        from sklearn.manifold import TSNE
+
+        task, size = get_task(setting.task), _size(setting)
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+        for ax, loss, title in zip(axes, ("ce", "scl"), ("CE", "CE+SCL"), strict=True):
+            data = np.load(paths[loss])
+            feats = data["features"] / np.linalg.norm(data["features"], axis=1, keepdims=True).clip(1e-12)
+            perplexity = float(min(30, max(2, len(feats) // 4)))
+            tsne = TSNE(n_components=2, perplexity=perplexity, random_state=0, init="pca")
+            points = tsne.fit_transform(feats)
+            for label in sorted(set(data["labels"].tolist())):
+                keep = data["labels"] == label
+                ax.scatter(points[keep, 0], points[keep, 1], s=6, label=task.label_names[label])
+            accuracy = _pct(pair[loss].best_record["result"]["test_acc"])
+            ax.set(title=f"{title} (test acc {accuracy})", xticks=[], yticks=[])
+        axes[0].legend(loc="best", fontsize=8)
+        fig.suptitle(f"tSNE of test-set Φ: {task.display}, {setting.regime}, N={size}")
+        fig.tight_layout()
+        parts = (setting.task, setting.regime, size.replace("/", "per"), setting.augment, setting.init)
+        target = folder / f"tsne-{'-'.join(str(x) for x in parts if x not in (None, ''))}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(target, dpi=120)
+        plt.close(fig)
+        written.append(target)
+    return written
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def write_report(records: list[dict[str, Any]], out: str | Path, *, figures: bool = True) -> dict[str, Path]:
+    """Write ``report.md``, ``selections.csv``, one CSV per table and the figures; return the paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    selections = select(records)
+    written: dict[str, Path] = {}
+    parts = [f"# Results ({len(records)} runs)\n"]
+    for name, (title, header, rows) in build_tables(selections).items():
+        markdown = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        markdown += ["| " + " | ".join(row) + " |" for row in rows]
+        parts.append(f"## {title}\n\n" + "\n".join(markdown) + "\n")
+        written[name] = _write_csv(out / f"{name}.csv", header, rows)
+    chosen = [
         {
             **{name: getattr(s.setting, name) for name in Setting._fields if name != "data"},
             "loss": s.loss,
@@ -257,80 +274,8 @@ def _csv_rows(selections: list[Selection]) -> list[dict[str, Any]]:
         }
         for s in selections
     ]
-
-
-def tsne_figures(selections: list[Selection], folder: Path) -> list[Path]:
-    """One PNG per setting with embeddings for both losses: tSNE of test Φ, CE | CE+SCL."""
-    by: dict[Setting, dict[str, Selection]] = {}
-    for s in selections:
-        by.setdefault(s.setting, {})[s.loss] = s
-    written = []
-    for setting, pair in by.items():
-        paths = {loss: pair[loss].best_record.get("embeddings") for loss in ("ce", "scl") if loss in pair}
-        if len(paths) < 2 or not all(p and Path(p).is_file() for p in paths.values()):
-            continue
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import numpy as np
-        from sklearn.manifold import TSNE
-
-        task = get_task(setting.task)
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
-        for ax, loss, title in zip(axes, ("ce", "scl"), ("CE", "CE+SCL"), strict=True):
-            data = np.load(paths[loss])
-            feats = data["features"] / np.linalg.norm(data["features"], axis=1, keepdims=True).clip(1e-12)
-            perplexity = float(min(30, max(2, len(feats) // 4)))
-            points = TSNE(n_components=2, perplexity=perplexity, random_state=0, init="pca").fit_transform(
-                feats
-            )
-            for label in sorted(set(data["labels"].tolist())):
-                keep = data["labels"] == label
-                ax.scatter(points[keep, 0], points[keep, 1], s=6, label=task.label_names[label])
-            ax.set_title(f"{title} (test acc {_pct(pair[loss].best_record['result']['test_acc'])})")
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[0].legend(loc="best", fontsize=8)
-        fig.suptitle(f"tSNE of test-set Φ: {task.display}, {setting.regime}, N={_size(setting)}")
-        fig.tight_layout()
-        parts = (
-            setting.task,
-            setting.regime,
-            _size(setting).replace("/", "per"),
-            setting.augment,
-            setting.init,
-        )
-        target = folder / f"tsne-{'-'.join(str(x) for x in parts if x not in (None, ''))}.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(target, dpi=120)
-        plt.close(fig)
-        written.append(target)
-    return written
-
-
-def write_report(records: list[dict[str, Any]], out: str | Path, *, figures: bool = True) -> dict[str, Path]:
-    """Write ``report.md``, ``selections.csv``, one CSV per table and the figures; return the paths."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    selections = select(records)
-    written: dict[str, Path] = {}
-    parts = [f"# Results ({len(records)} runs)\n"]
-    for name, (title, header, rows) in build_tables(selections).items():
-        parts.append(f"## {title}\n\n{_markdown(header, rows)}\n")
-        target = out / f"{name}.csv"
-        with target.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows(rows)
-        written[name] = target
-    target = out / "selections.csv"
-    rows_csv = _csv_rows(selections)
-    with target.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows_csv[0]) if rows_csv else ["task"])
-        writer.writeheader()
-        writer.writerows(rows_csv)
-    written["selections"] = target
+    header = list(chosen[0]) if chosen else ["task"]
+    written["selections"] = _write_csv(out / "selections.csv", header, [list(c.values()) for c in chosen])
     if figures:
         for path in tsne_figures(selections, out / "figures"):
             parts.append(f"![{path.stem}](figures/{path.name})\n")

@@ -1,15 +1,5 @@
-"""The paper's data protocol: test/validation from GLUE validation, few-shot training samples.
-
-- test = half of the GLUE validation set, stratified by label;
-- validation = ``validation_size`` (500) examples of the rest, stratified (all of it when fewer remain);
-- few-shot: ``samples`` training sets of ``shots`` examples each, stratified by the training
-  label distribution (or ``per_class`` examples of every class, as in the transfer experiments).
-
-Stratified means every class gets its proportional share rounded by largest remainder, so a
-class's count is within one example of ``n · p_class`` and the total is exactly ``n``. Everything
-is a pure function of the labels and the seed (``random.Random`` seeded with a string), so the
-indices are reproducible across machines and Python versions.
-"""
+"""The paper's data protocol as pure functions of the labels and a seed: stratified test and
+validation rows from GLUE validation, few-shot training samples (docs/glue.md, "split")."""
 
 from __future__ import annotations
 

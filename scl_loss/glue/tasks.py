@@ -1,10 +1,4 @@
-"""The task table: everything the protocol knows about a task, in one place.
-
-Label ids follow the Hugging Face ``nyu-mll/glue`` dataset, so hub and local files agree
-(e.g. RTE/QNLI ``entailment`` = 0, MNLI ``entailment, neutral, contradiction`` = 0, 1, 2).
-Column names are aliases, tried in order, so the GLUE distribution files, the hub's columns and
-generic ``text_a``/``text_b`` files are all read by the same code.
-"""
+"""The task table: everything the protocol knows about a task, in one place (docs/glue.md, "Data")."""
 
 from __future__ import annotations
 
@@ -15,51 +9,35 @@ __all__ = ["GLUE_TASKS", "TASKS", "Headerless", "Task", "get_task"]
 
 @dataclass(frozen=True)
 class Headerless:
-    """The layout of a task's original files that have no header line.
+    """The layout of a task's original files that have no header line."""
 
-    Attributes:
-        columns: the column names to give the fields, in file order.
-        label_base: the id of the first class in the file (the polarity originals count from 1).
-        escaped_newlines: the file writes a newline as a literal backslash-n.
-    """
-
-    columns: tuple[str, ...]
-    label_base: int = 0
-    escaped_newlines: bool = False
+    columns: tuple[str, ...]  # the names of the fields, in file order
+    label_base: int = 0  # the id of the first class (the polarity originals count from 1)
+    escaped_newlines: bool = False  # a newline is written as a literal backslash-n
 
 
 @dataclass(frozen=True, kw_only=True)
 class Task:
-    """One task of the paper.
+    """One task of the paper. Label ids follow ``nyu-mll/glue``, so hub and local files agree."""
 
-    Attributes:
-        name: the command-line name (``sst2``).
-        display: the name in report tables (``SST-2``).
-        folder: its folder in a GLUE-layout data root (``--data_root``).
-        label_names: class names; the position is the class id.
-        text_a, text_b: column aliases of the first and second sentence (``text_b`` empty:
-            single-sentence task).
-        label: column aliases of the label (given as a class name or id).
-        headerless: the layout of the task's header-less original files, if it has any.
-        title: a column whose text is put, as a sentence, before ``text_a`` (Amazon reviews).
-        metric: the task's extra metric column in Table 2: ``"mcc"`` (CoLA), ``"f1"`` (MRPC).
-        hub, hub_config, hub_splits: the default hub source and its splits playing "train" and
-            "GLUE validation".
-    """
-
-    name: str
-    display: str
-    folder: str
-    label_names: tuple[str, ...]
+    name: str  # on the command line
+    display: str  # in the report's tables
+    folder: str  # in a GLUE-layout --data_root
+    label_names: tuple[str, ...]  # the position is the class id
+    # Column aliases, tried in order: the first and the second sentence (none: a single-sentence
+    # task), the label (a class name or id).
     text_a: tuple[str, ...]
     text_b: tuple[str, ...] = ()
     label: tuple[str, ...] = ("gold_label", "label", "Quality")
-    headerless: Headerless | None = None
-    title: str | None = None
-    metric: str | None = None
+    headerless: Headerless | None = None  # the layout of its original files without a header
+    title: str | None = None  # a column put, as a sentence, before text_a (Amazon reviews)
+    metric: str | None = None  # its extra column in Table 2
     hub: str = "nyu-mll/glue"
-    hub_config: str | None = None
-    hub_splits: tuple[str, str] = ("train", "validation")
+    hub_splits: tuple[str, str] = ("train", "validation")  # playing "train" and "GLUE validation"
+
+    @property
+    def hub_config(self) -> str | None:
+        return self.name if self.hub == "nyu-mll/glue" else None  # glue's configurations are its tasks
 
     @property
     def pair(self) -> bool:
@@ -72,26 +50,19 @@ class Task:
 
 _ENTAILMENT = ("entailment", "not_entailment")
 _POLARITY = ("negative", "positive")
+_SENTENCE = ("sentence", "text", "text_a")
 TASKS: dict[str, Task] = {
     task.name: task
     for task in (
-        Task(
-            name="sst2",
-            display="SST-2",
-            folder="SST-2",
-            label_names=_POLARITY,
-            text_a=("sentence", "text", "text_a"),
-            hub_config="sst2",
-        ),
+        Task(name="sst2", display="SST-2", folder="SST-2", label_names=_POLARITY, text_a=_SENTENCE),
         Task(
             name="cola",
             display="CoLA",
             folder="CoLA",
             label_names=("unacceptable", "acceptable"),
-            text_a=("sentence", "text", "text_a"),
+            text_a=_SENTENCE,
             headerless=Headerless(("source", "label", "mark", "sentence")),
             metric="mcc",
-            hub_config="cola",
         ),
         Task(
             name="mrpc",
@@ -101,7 +72,6 @@ TASKS: dict[str, Task] = {
             text_a=("#1 String", "sentence1", "text_a"),
             text_b=("#2 String", "sentence2", "text_b"),
             metric="f1",
-            hub_config="mrpc",
         ),
         Task(
             name="rte",
@@ -110,7 +80,6 @@ TASKS: dict[str, Task] = {
             label_names=_ENTAILMENT,
             text_a=("sentence1", "text_a"),
             text_b=("sentence2", "text_b"),
-            hub_config="rte",
         ),
         Task(
             name="qnli",
@@ -119,7 +88,6 @@ TASKS: dict[str, Task] = {
             label_names=_ENTAILMENT,
             text_a=("question", "text_a"),
             text_b=("sentence", "text_b"),
-            hub_config="qnli",
         ),
         Task(
             name="mnli",
@@ -128,7 +96,6 @@ TASKS: dict[str, Task] = {
             label_names=("entailment", "neutral", "contradiction"),
             text_a=("sentence1", "premise", "text_a"),
             text_b=("sentence2", "hypothesis", "text_b"),
-            hub_config="mnli",
             hub_splits=("train", "validation_matched"),
         ),
         # Transfer targets (Table 7): polarity sets have train/test only; "test" plays GLUE validation.

@@ -1,11 +1,5 @@
 """One run on :class:`~scl_loss.integrations.transformers.SCLTrainer`: fine-tune with CE or CE+SCL,
-validate after every epoch, score the epoch with the best validation accuracy on test.
-
-The Trainer owns the loop, the optimizer, mixed precision and multi-GPU (torchrun/accelerate);
-:class:`BestEpoch` keeps the best validation epoch's weights in memory (no checkpoint files)
-and puts them back when training ends, ``EarlyStoppingCallback`` stops after ``patience``
-evaluations without a better one.
-"""
+validate after every epoch, score the epoch with the best validation accuracy on test."""
 
 from __future__ import annotations
 
@@ -20,7 +14,6 @@ from torch import Tensor, nn
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
-    AutoTokenizer,
     EarlyStoppingCallback,
     EvalPrediction,
     PrinterCallback,
@@ -31,11 +24,13 @@ from transformers import (
     set_seed,
 )
 
-from scl_loss.glue.grid import RunArguments
+from scl_loss.glue.arguments import RunArguments
 from scl_loss.glue.tasks import get_task
 from scl_loss.integrations.transformers import SCLTrainer, first_token_features
 
-__all__ = ["BestEpoch", "RunOutcome", "encode", "load_model", "task_metrics", "train_and_score"]
+__all__ = ["BestEpoch", "encode", "first_token_embeddings", "load_model", "task_metrics", "train_and_score"]
+
+METRICS = ("acc", "mcc", "f1")
 
 
 def load_model(name_or_path: str, num_labels: int, dropout: float) -> nn.Module:
@@ -46,10 +41,6 @@ def load_model(name_or_path: str, num_labels: int, dropout: float) -> nn.Module:
         if hasattr(config, attr):
             setattr(config, attr, dropout)
     return AutoModelForSequenceClassification.from_pretrained(name_or_path, config=config)
-
-
-def load_tokenizer(name_or_path: str) -> Any:
-    return AutoTokenizer.from_pretrained(name_or_path)
 
 
 def encode(tokenizer: Any, data: Dataset, max_length: int) -> Dataset:
@@ -84,9 +75,8 @@ def task_metrics(labels: Sequence[int], predictions: Sequence[int]) -> dict[str,
 
 
 def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
-    logits = (
-        prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-    )
+    logits = prediction.predictions
+    logits = logits[0] if isinstance(logits, tuple) else logits
     return task_metrics(prediction.label_ids.tolist(), logits.argmax(-1).tolist())
 
 
@@ -125,16 +115,6 @@ class BestEpoch(TrainerCallback):
         kwargs["model"].load_state_dict(self.weights)
 
 
-@dataclasses.dataclass
-class RunOutcome:
-    """The journal's ``result`` for one run, the trainer (holding the selected model) and, when
-    asked for, the test set's Φ."""
-
-    metrics: dict[str, Any]
-    trainer: SCLTrainer
-    test_features: Tensor | None
-
-
 @torch.no_grad()
 def first_token_embeddings(trainer: SCLTrainer, data: Dataset) -> Tensor:
     """Φ of every row of ``data`` (in order, gathered from every rank), on the CPU."""
@@ -154,18 +134,18 @@ def train_and_score(
     train: Dataset,
     validation: Dataset,
     test: Dataset,
-) -> RunOutcome:
-    """Train the run ``spec`` (its task, seed, loss, λ, τ) on the encoded datasets and score it on test."""
+) -> tuple[dict[str, Any], SCLTrainer]:
+    """Train the run ``spec`` (its task, seed, loss, λ, τ) on the encoded datasets and score it on
+    test: the journal's ``result``, and the trainer holding the selected model."""
     started = time.perf_counter()
-    model_args = args.model
     training = dataclasses.replace(args.training, seed=spec["seed"])
     set_seed(training.seed)  # the head's initialisation follows the run's seed
-    start_from = model_args.init_from or model_args.model
-    model = load_model(start_from, get_task(spec["task"]).num_labels, model_args.dropout)
+    ours = args.model
+    model = load_model(ours.init_from or ours.model, get_task(spec["task"]).num_labels, ours.dropout)
     best = BestEpoch()
     callbacks: list[TrainerCallback] = [best]
-    if model_args.patience:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=model_args.patience))
+    if ours.patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=ours.patience))
     trainer = SCLTrainer(
         model=model,
         args=training,
@@ -176,24 +156,22 @@ def train_and_score(
         callbacks=callbacks,
         scl_lambda=spec["lambda"] or 0.0,  # 0: exactly cross-entropy (SCL is not computed)
         scl_tau=spec["tau"] or 1.0,
-        scl_reduction=model_args.scl_reduction,
-        scl_micro_batch_size=model_args.micro_batch_size,
-        scl_gather_distributed=model_args.gather_distributed,  # no effect in a single process
+        scl_reduction=ours.scl_reduction,
+        scl_micro_batch_size=ours.micro_batch_size,
+        scl_gather_distributed=ours.gather_distributed,  # no effect in a single process
     )
     if training.disable_tqdm:
         trainer.remove_callback(PrinterCallback)
     trainer.train()
-    scored = trainer.predict(test)
-    state = trainer.state
-    metrics: dict[str, Any] = {f"val_{k}": best.metrics[f"eval_{k}"] for k in ("acc", "mcc", "f1")}
-    metrics.update({f"test_{k}": scored.metrics[f"test_{k}"] for k in ("acc", "mcc", "f1")})
-    metrics.update(
-        best_epoch=round(best.epoch, 4),
-        steps=state.global_step,
-        early_stopped=state.global_step < state.max_steps,
-        train_size=len(train),
-        train_loss_last_epoch=best.train_loss,
-        wall_s=round(time.perf_counter() - started, 3),
-    )
-    phi = first_token_embeddings(trainer, test) if args.execution.save_embeddings else None
-    return RunOutcome(metrics, trainer, phi)
+    scored, state = trainer.predict(test).metrics, trainer.state
+    metrics = {
+        **{f"val_{k}": best.metrics[f"eval_{k}"] for k in METRICS},
+        **{f"test_{k}": scored[f"test_{k}"] for k in METRICS},
+        "best_epoch": round(best.epoch, 4),
+        "steps": state.global_step,
+        "early_stopped": state.global_step < state.max_steps,
+        "train_size": len(train),
+        "train_loss_last_epoch": best.train_loss,
+        "wall_s": round(time.perf_counter() - started, 3),
+    }
+    return metrics, trainer
