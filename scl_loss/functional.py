@@ -71,7 +71,7 @@ def supcon_loss(
             self entry is ignored).
             With neither ``labels`` nor ``mask``, ``V >= 2`` is required and the views of a
             row are its only positives (SimCLR).
-        temperature: ``τ > 0``.
+        temperature: ``τ ≥ 1e-12``.
         normalize: l2-normalise ``features`` first (scale-safely: rows of any finite magnitude
             give the loss of their directions); pass ``False`` for already normalised input.
         reduction: ``"mean"`` over anchors with a positive, ``"sum"``, or ``"none"``.
@@ -127,8 +127,7 @@ def supcon_loss(
     temperature = v.check_temperature("temperature", temperature)
     reduction = v.check_reduction("reduction", reduction)
     ignore_index = v.check_int("ignore_index", ignore_index)
-    if not isinstance(normalize, bool):
-        raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
+    normalize = v.check_bool("normalize", normalize)
     n = features.shape[0]
     views = features.shape[1] if features.dim() == 3 else 1
     if labels is not None and mask is not None:
@@ -223,7 +222,7 @@ def scl_cross_entropy(
             ``[N, D]`` or ``[N, V, D]``.
         labels: integer class ids ``[N]``.
         lambda_: weight λ of SCL, in ``[0, 1]``.
-        tau: temperature τ > 0 of SCL.
+        tau: temperature τ ≥ 1e-12 of SCL.
         scl_reduction: ``"mean"`` or ``"sum"`` over anchors (see above).
         ignore_index, label_smoothing, weight: as in :func:`torch.nn.functional.cross_entropy`;
             ``ignore_index`` rows are also left out of SCL.

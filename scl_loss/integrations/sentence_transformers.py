@@ -96,7 +96,7 @@ class SupConLoss(nn.Module):
 
     Args:
         model: the :class:`~sentence_transformers.SentenceTransformer` to train.
-        temperature: ``τ > 0``.
+        temperature: ``τ ≥ 1e-12``.
         gather_across_devices: under DDP, contrast this device's anchors against every device's
             embeddings, with exact gradients (``gather_distributed`` of
             :func:`~scl_loss.functional.supcon_loss`; docs/distributed.md).
@@ -192,7 +192,7 @@ class CachedSupConLoss(SupConLoss):
 
     Args:
         model: the :class:`~sentence_transformers.SentenceTransformer` to train.
-        temperature: ``τ > 0``.
+        temperature: ``τ ≥ 1e-12``.
         mini_batch_size: rows embedded at once, an int ≥ 1.
         gather_across_devices: as in :class:`SupConLoss`.
 

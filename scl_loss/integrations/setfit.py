@@ -55,7 +55,7 @@ class SupConLoss(st.SupConLoss):
 
     Args:
         model: the SetFit model body (a :class:`~sentence_transformers.SentenceTransformer`).
-        temperature: ``τ > 0``.
+        temperature: ``τ ≥ 1e-12``.
         contrast_mode: ``"all"`` or ``"one"``, as in SetFit; they differ only for several views
             per example, which SetFit never builds (one text column), so ``"one"`` requires one column.
         base_temperature: ``τ_b > 0``.

@@ -128,7 +128,7 @@ class SCLTrainer(Trainer):
     Args:
         *args, **kwargs: as for :class:`transformers.Trainer`.
         scl_lambda: λ ∈ [0, 1]; ``0`` is plain cross-entropy.
-        scl_tau: τ > 0.
+        scl_tau: τ ≥ 1e-12.
         scl_reduction: ``"mean"`` (default, λ independent of batch size) or ``"sum"``
             (the paper's eq. 1–3 literally); see :class:`scl_loss.SCLCrossEntropy`.
         scl_micro_batch_size: ``None`` (default): the encoder sees the whole per-device batch.
