@@ -3,8 +3,9 @@
 # written to results/benchmarks.md + results/benchmarks.png (raw data: results/bench.json).
 #
 #   bash scripts/bench.sh            CPU sizes: N = 16..8192, D = 768, fp32 (a few minutes on 2 cores)
-#   bash scripts/bench.sh --gpu      GPU report (H100/H200, ~10 min): correctness on the card, kernel
-#                                    count at N = 16, N = 16..262144 at D = 1024 in bf16 and fp32
+#   bash scripts/bench.sh --gpu      GPU report (H100/H200; sized for <= 8 min, not yet timed on a card):
+#                                    correctness, host syncs, kernel counts at N = 16, N = 16..262144 at
+#                                    D = 1024 in bf16 and fp32, largest encoder batch with/without caching
 #
 # Further arguments go to pytest (CPU) or benchmarks.gpu_check (--gpu), e.g. `--impl pkg.mod:func`
 # to add your own kernel (docs/byo-kernel.md), or `--bench-n 16,2048` for other sizes.
