@@ -42,7 +42,10 @@ def sign_test(wins: int, losses: int) -> float:
 
 
 def label(setting: Setting) -> str:
-    size = f"N={setting.shots}" if setting.shots else f"{setting.per_class}/class"
+    if setting.regime == "full":
+        size = "full data"
+    else:
+        size = f"N={setting.shots}" if setting.shots else f"{setting.per_class}/class"
     start = f", from the SST-2 {setting.init} model" if setting.init else ""
     return f"{get_task(setting.task).display} {size}{start}"
 

