@@ -92,6 +92,10 @@ def main() -> None:
     if rank == 0:
         print(f"train accuracy {accuracy:.3f}", flush=True)
     if distributed:
+        # Free DDP (it holds the process group) while every rank is still connected, then tear
+        # down together: a gloo group freed after its peer has exited can block at exit.
+        del model
+        dist.barrier()
         dist.destroy_process_group()
 
 
